@@ -49,12 +49,24 @@ def test_missing_mirror_file_falls_through_to_the_next_source(tmp_path):
 
 def test_recompressed_archive_is_accepted_by_its_payload_checksum(tmp_path):
     payload = b"idx payload bytes" * 100
-    archive = tmp_path / "x.gz"
-    archive.write_bytes(gzip.compress(payload, compresslevel=1))
+    mirror = tmp_path / "mirror" / "toy"
+    mirror.mkdir(parents=True)
+    (mirror / "x.gz").write_bytes(gzip.compress(payload, compresslevel=1))
     remote = RemoteFile("x.gz", (), ("f" * 32,), (hashlib.md5(payload).hexdigest(),))
-    assert verify(archive, remote) is None
+    # through fetch_file, which verifies the download under a temporary name
+    got = fetch_file(spec_for(remote), remote, tmp_path / "raw", str(tmp_path / "mirror"))
+    assert gzip.decompress(got.read_bytes()) == payload
     bad = RemoteFile("x.gz", (), ("f" * 32,), ("e" * 32,))
-    assert "payload" in verify(archive, bad)
+    assert "payload" in verify(got, bad)
+
+
+def test_a_file_without_pinned_checksum_is_accepted_and_its_md5_said(tmp_path, capsys):
+    source = tmp_path / "mirror" / "toy"
+    source.mkdir(parents=True)
+    (source / "a.txt").write_bytes(b"text")
+    remote = RemoteFile("a.txt", (), ())
+    fetch_file(spec_for(remote), remote, tmp_path / "raw", str(tmp_path / "mirror"))
+    assert hashlib.md5(b"text").hexdigest() in capsys.readouterr().out
 
 
 def test_fashion_mnist_from_the_mirror_verifies_and_decodes(tmp_path, mirror):

@@ -27,11 +27,12 @@ def md5_of(path: Path, gunzip: bool = False) -> str:
 
 
 def verify(path: Path, remote: RemoteFile) -> str | None:
-    """None when `path` matches an accepted checksum, else what was found."""
+    """None when `path` (holding `remote`, maybe under a temporary name) matches an
+    accepted checksum, or when none is pinned yet; else what was found."""
     found = md5_of(path)
-    if found in remote.md5:
+    if found in remote.md5 or not (remote.md5 or remote.payload_md5):
         return None
-    if remote.payload_md5 and path.suffix == ".gz":
+    if remote.payload_md5 and remote.name.endswith(".gz"):
         try:
             payload = md5_of(path, gunzip=True)
         except (OSError, EOFError) as exc:
@@ -92,6 +93,11 @@ def fetch_file(spec: DatasetSpec, remote: RemoteFile, folder: Path, mirror: str 
             _copy(source, tmp, f"{spec.name}/{remote.name}")
             problem = verify(tmp, remote)
             if problem is None:
+                if not remote.md5:
+                    print(
+                        f"warning: {spec.name}/{remote.name} has no pinned checksum; "
+                        f"accepted with md5 {md5_of(tmp)} (recorded in the split manifest)"
+                    )
                 os.replace(tmp, destination)
                 return destination
             tried.append(f"{source} (checksum mismatch: {problem})")
@@ -102,7 +108,7 @@ def fetch_file(spec: DatasetSpec, remote: RemoteFile, folder: Path, mirror: str 
     raise HypermetaError(
         f"could not get a verified copy of {spec.name}/{remote.name}; tried: "
         + "; ".join(tried)
-        + f". Set {MIRROR_ENV} (or data.mirror) to a folder holding "
+        + f"; set {MIRROR_ENV} (or data.mirror) to a folder holding "
         f"{spec.mirror_dir}/{remote.mirror_name or remote.name}, or check your network."
     )
 

@@ -164,8 +164,9 @@ DATASETS: dict[str, DatasetSpec] = {
             ),
         ),
     ),
-    # No checksum for these two could be verified offline: the download stage refuses
-    # them and prints the md5 it found, to be pinned here once checked against a trusted copy.
+    # No checksum for these two could be verified offline (no copy reachable here): the
+    # download stage accepts them with a warning and the split manifest records their md5.
+    # Pin them here once checked against a trusted copy.
     "ptb_char": DatasetSpec(
         name="ptb_char",
         mirror_dir="ptb",

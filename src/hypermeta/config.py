@@ -117,15 +117,37 @@ def _describe(error: dict[str, Any], prefix: str) -> str:
     path = ".".join(str(p) for p in (prefix, *error["loc"]) if p != "")
     if error["type"] == "extra_forbidden":
         return f"{path} is not a known key; remove it or check its spelling"
+    if error["type"] == "missing":
+        return f"{path} is required; add it"
     return f"{path}: {error['msg']} (got {error.get('input')!r})"
 
 
-def validate_section(schema: type[BaseModel], data: Any, where: str) -> BaseModel:
-    """Validate `data` against `schema`, raising one sentence naming the key path."""
+def _holds(data: Any, loc: tuple) -> bool:
+    """Whether the nested mapping `data` has the key path `loc`."""
+    for key in loc:
+        if not isinstance(data, dict) or key not in data:
+            return False
+        data = data[key]
+    return True
+
+
+def validate_section(
+    schema: type[BaseModel],
+    data: Any,
+    where: str,
+    override: tuple[str, dict[str, Any]] | None = None,
+) -> BaseModel:
+    """Validate `data` against `schema`, raising one sentence naming the key path.
+
+    `override` is (where, values) of a profile override merged into `data`: a bad key
+    that came from it is named where it is written, under `profiles:`."""
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
-        raise HypermetaError(f"params.yaml: {_describe(exc.errors()[0], where)}.") from None
+        error = exc.errors()[0]
+        if override is not None and _holds(override[1], error["loc"]):
+            where = override[0]
+        raise HypermetaError(f"params.yaml: {_describe(error, where)}.") from None
 
 
 def load_raw(path: str | Path = "params.yaml") -> dict[str, Any]:
@@ -190,11 +212,29 @@ def resolve(params: Params, name: str, profile: str | None = None) -> Experiment
             f"use one of {sorted(params.profiles)}."
         )
     base = entry.model_dump(exclude={"profiles"})
-    merged = deep_merge(base, entry.profiles.get(profile, {}))
-    merged = validate_section(ExperimentEntry, merged, where).model_dump(exclude={"profiles"})
+    override = entry.profiles.get(profile, {})
+    merged = deep_merge(base, override)
+    merged = validate_section(
+        ExperimentEntry, merged, where, (f"{where}.profiles.{profile}", override)
+    ).model_dump(exclude={"profiles"})
+
+    def section(name: str, schema: type[BaseModel]) -> BaseModel:
+        return validate_section(
+            schema,
+            merged[name],
+            f"{where}.{name}",
+            (f"{where}.profiles.{profile}.{name}", override.get(name, {})),
+        )
 
     method = get_method(merged["method"], where=f"{where}.method")
     engine = get_engine(method.kind)
+    from hypermeta.data.registry import DATASETS
+
+    if merged["dataset"] not in DATASETS:
+        raise HypermetaError(
+            f"params.yaml: {where}.dataset: unknown dataset {merged['dataset']!r}; "
+            f"known datasets are {sorted(DATASETS)}."
+        )
     datasets = params.data.datasets.get(profile, [])
     if merged["dataset"] not in datasets:
         raise HypermetaError(
@@ -208,9 +248,9 @@ def resolve(params: Params, name: str, profile: str | None = None) -> Experiment
         kind=method.kind,
         dataset=merged["dataset"],
         group=merged["group"],
-        model=validate_section(method.model_config, merged["model"], f"{where}.model"),
-        train=validate_section(engine.train_config, merged["train"], f"{where}.train"),
-        eval=validate_section(engine.eval_config, merged["eval"], f"{where}.eval"),
+        model=section("model", method.model_config),
+        train=section("train", engine.train_config),
+        eval=section("eval", engine.eval_config),
         resources=Resources.model_validate(merged["resources"]),
         section=merged,
     )

@@ -38,11 +38,24 @@ def test_profile_overrides_are_merged_and_validated(tmp_path):
         ({"profile": "huge"}, "profile 'huge' is not defined"),
         ({"experiments__cnn__train__device": "tpu"}, "experiments.cnn.train.device"),
         ({"surprise": 1}, "surprise is not a known key"),
+        (  # a typo inside a profile override is named where it is written
+            {"experiments__cnn__profiles__quick__train": {"epoks": 3}},
+            "experiments.cnn.profiles.quick.train.epoks is not a known key",
+        ),
+        ({"experiments__cnn__dataset": "imagenet"}, "cnn.dataset: unknown dataset 'imagenet'"),
     ],
 )
 def test_bad_params_name_the_key_path(tmp_path, edits, expected):
     with pytest.raises(HypermetaError, match=expected.replace(".", r"\.").replace("(", r"\(")):
         load(tmp_path, changed(**edits))
+
+
+def test_a_missing_key_is_named_without_dumping_its_section(tmp_path):
+    params = changed()
+    del params["experiments"]["cnn"]["method"]
+    with pytest.raises(HypermetaError) as error:
+        load(tmp_path, params)
+    assert str(error.value) == "params.yaml: experiments.cnn.method is required; add it."
 
 
 def test_dataset_must_be_listed_for_the_profile(tmp_path):

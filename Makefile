@@ -34,7 +34,11 @@ lint: install ## ruff lint and format check
 format: install ## ruff format and safe fixes
 	ruff check --fix . && ruff format .
 
-bench: install ## speed benchmarks: tables printed, JSON in benchmarks/results/
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+bench: $(VENV)/.bench-installed ## speed benchmarks (installs `higher` to compare against): tables, JSON in benchmarks/results/
 	@set -e; for bench in benchmarks/bench_*.py; do echo "== $$bench"; $(PY) $$bench; done
 
 ui: install ## MLflow UI on http://127.0.0.1:5000 for this project's runs

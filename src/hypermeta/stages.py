@@ -11,7 +11,7 @@ from typing import Any
 
 from hypermeta import repo_root
 from hypermeta.atomic import write_json
-from hypermeta.config import Experiment, Params, load_params, resolve
+from hypermeta.config import Experiment, Params, load_params, params_hash, resolve
 from hypermeta.engine import StageContext, get_engine
 from hypermeta.tracking import Tracker, stage_run
 
@@ -20,10 +20,15 @@ PREPARED = Path("data/prepared")
 
 
 @contextmanager
-def _run(params: Params, stage: str, exp: Experiment | None = None) -> Iterator[Tracker]:
-    tags = {"hypermeta.profile": params.profile}
+def _run(
+    params: Params, stage: str, exp: Experiment | None = None, reads: Any = None
+) -> Iterator[Tracker]:
+    """A child run; `reads` is the params a stage without an experiment depends on."""
+    tags = {
+        "hypermeta.profile": params.profile,
+        "hypermeta.params_hash": exp.params_hash if exp else params_hash(reads),
+    }
     if exp is not None:
-        tags["hypermeta.params_hash"] = exp.params_hash
         manifest = PREPARED / exp.dataset / "manifest.json"
         if manifest.exists():
             tensor_md5 = json.loads(manifest.read_text())["tensor_md5"]
@@ -48,13 +53,17 @@ def stage_context(exp: Experiment, tracker: Tracker) -> StageContext:
     )
 
 
+def data_params(params: Params) -> dict[str, Any]:
+    return {"profile": params.profile, "data": params.data.model_dump()}
+
+
 def download() -> None:
     from hypermeta.data.download import download as fetch
     from hypermeta.data.download import mirror_location
 
     params = load_params()
     mirror = mirror_location(params.data.mirror, repo_root())
-    with _run(params, "download") as tracker:
+    with _run(params, "download", reads=data_params(params)) as tracker:
         datasets = params.data.datasets[params.profile]
         tracker.log_params({"datasets": ",".join(datasets), "mirror": mirror or ""})
         for dataset in datasets:
@@ -65,7 +74,7 @@ def split() -> None:
     from hypermeta.data.prepare import prepare
 
     params = load_params()
-    with _run(params, "split") as tracker:
+    with _run(params, "split", reads=data_params(params)) as tracker:
         tracker.log_params(params.data.split.model_dump())
         for dataset in params.data.datasets[params.profile]:
             manifest = prepare(dataset, RAW, PREPARED, params.data.split)
@@ -81,6 +90,8 @@ def train(name: str) -> None:
         get_engine(exp.kind).train(ctx)
         tracker.log_artifact(ctx.model_path, "model")
         tracker.log_artifact(ctx.history_path, "model")
+        if ctx.checkpoint_path.exists():  # the resumable state, e.g. to continue elsewhere
+            tracker.log_artifact(ctx.checkpoint_path, "checkpoint")
 
 
 def evaluate(name: str) -> dict[str, Any]:
@@ -119,7 +130,7 @@ def report() -> Path:
     from hypermeta.report import build_report
 
     params = load_params()
-    with _run(params, "report") as tracker:
+    with _run(params, "report", reads=params.model_dump()) as tracker:
         folder = build_report(params, Path("reports"))
         tracker.log_artifact(folder, "report")
         return folder

@@ -108,6 +108,18 @@ def test_both_engines_plan_every_stage_from_scratch(project):
     assert planned_by_snakemake == rules(set(stages))
 
 
+def test_slurm_profile_dry_run_asks_for_each_experiments_resources(project):
+    output = project.run("snakemake", "--profile", "profiles/slurm", "-n")
+    assert snakemake_jobs(output) == snakemake_jobs(project.run("snakemake", "-n", "--cores", "2"))
+    params = load_params(project.root / "params.yaml")
+    for name in ("cnn", "maml_omniglot", "hyperlstm_char"):
+        wanted = resolve(params, name).resources
+        block = output.split(f"rule train__{name}:")[1].split("\n\n")[0]
+        line = next(row for row in block.splitlines() if "resources:" in row)
+        for key, value in wanted.model_dump().items():
+            assert f"{key}={value}" in line, (name, key, line)
+
+
 def test_quick_pipeline_end_to_end_with_snakemake(project):
     began = time.perf_counter()
     output = project.run("snakemake", "--cores", "2")

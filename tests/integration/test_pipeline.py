@@ -190,6 +190,10 @@ def test_runs_are_reviewable_through_a_real_mlflow_server(project):
         assert [m.step for m in history] == list(range(1, len(history) + 1)) and len(history) > 1
         artifacts = [a.path for a in client.list_artifacts(train.info.run_id, "model")]
         assert "model/model.pt" in artifacts
+        checkpoint = client.list_artifacts(train.info.run_id, "checkpoint")
+        assert [a.path for a in checkpoint] == ["checkpoint/checkpoint.pt"]
+        for stage in ("download", "split", "report"):
+            assert len(children[stage].data.tags["hypermeta.params_hash"]) == 12
         evaluate = children["evaluate:hypercnn"]
         assert 0.8 < evaluate.data.metrics["test_accuracy"] <= 1
     finally:

@@ -66,6 +66,26 @@ def result_rows(
     return rows
 
 
+def read_metrics(experiment: str) -> dict[str, Any]:
+    path = Path("metrics") / experiment / "metrics.json"
+    if not path.exists():
+        raise HypermetaError(f"{path} is missing; run the evaluate stage for {experiment} first.")
+    return json.loads(path.read_text())
+
+
+def summary_rows(
+    experiments: list[Any], results: dict[str, dict[str, Any]], references: dict[str, list]
+) -> list[tuple[str, str, str, str]]:
+    """One row per published number: the experiment, the metric, ours, the paper's."""
+    rows = []
+    for exp in experiments:
+        refs = references.get(exp.name, [])
+        for metric, ours, paper in result_rows(results[exp.name], refs, exp.dataset):
+            if paper:
+                rows.append((exp.name, metric, ours, paper))
+    return rows
+
+
 def _markdown_table(header: list[str], rows: list[tuple[str, ...]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
@@ -86,12 +106,30 @@ def _embedded(path: Path) -> str:
 
 
 def build_report(params: Params, out_dir: Path) -> Path:
+    """Write the report next to `out_dir`, then swap it into place."""
+    staging = out_dir.with_name(f".{out_dir.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        write_report(params, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # nothing half-written stays behind
+        raise
+    # Swap the finished folder into place so readers never see a half-written report.
+    previous = out_dir.with_name(f".{out_dir.name}.old")
+    shutil.rmtree(previous, ignore_errors=True)
+    if out_dir.exists():
+        out_dir.rename(previous)
+    staging.rename(out_dir)
+    shutil.rmtree(previous, ignore_errors=True)
+    return out_dir
+
+
+def write_report(params: Params, staging: Path) -> None:
+    """report.md, index.html and figures/ into the folder `staging`."""
     from hypermeta.stages import PREPARED, stage_context
     from hypermeta.tracking import NullTracker
 
     root = repo_root()
-    staging = out_dir.with_name(f".{out_dir.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
     figures = staging / "figures"
     figures.mkdir(parents=True)
 
@@ -110,12 +148,14 @@ def build_report(params: Params, out_dir: Path) -> Path:
         "Intervals are 95% confidence intervals.</p>",
     ]
     experiments = [resolve(params, name) for name in params.experiments]
+    results = {exp.name: read_metrics(exp.name) for exp in experiments}
+    summary = summary_rows(experiments, results, params.references)
+    header = ["experiment", "metric", "ours", "paper"]
+    md += ["## Ours beside the papers", "", _markdown_table(header, summary), ""]
+    body += ["<h2>Ours beside the papers</h2>", _html_table(header, summary)]
     provenance, groups = [], {}
     for exp in experiments:
-        path = Path("metrics") / exp.name / "metrics.json"
-        if not path.exists():
-            raise HypermetaError(f"{path} is missing; run the evaluate stage for {exp.name} first.")
-        metrics = json.loads(path.read_text())
+        metrics = results[exp.name]
         rows = result_rows(metrics, params.references.get(exp.name, []), exp.dataset)
         header = ["metric", "ours", "paper"]
         title = f"{exp.name}: {exp.method} on {exp.dataset}"
@@ -175,11 +215,3 @@ def build_report(params: Params, out_dir: Path) -> Path:
         f"<style>{style}</style></head><body>{''.join(body)}</body></html>"
     )
     write_text(staging / "index.html", page)
-    # Swap the finished folder into place so readers never see a half-written report.
-    previous = out_dir.with_name(f".{out_dir.name}.old")
-    shutil.rmtree(previous, ignore_errors=True)
-    if out_dir.exists():
-        out_dir.rename(previous)
-    staging.rename(out_dir)
-    shutil.rmtree(previous, ignore_errors=True)
-    return out_dir

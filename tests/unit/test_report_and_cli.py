@@ -1,9 +1,14 @@
-import pytest
-from unit.helpers import write_params
+import copy
+from pathlib import Path
 
+import pytest
+from unit.helpers import BASE_PARAMS, load, write_params
+
+from hypermeta.atomic import write_json
 from hypermeta.cli import main
 from hypermeta.config import Reference
-from hypermeta.report import format_metric, result_rows
+from hypermeta.errors import HypermetaError
+from hypermeta.report import build_report, format_metric, result_rows
 
 
 def test_metrics_show_their_interval_and_the_paper_beside():
@@ -41,3 +46,23 @@ def test_cli_without_params_file_says_where_to_run(tmp_path, monkeypatch, capsys
 def test_cli_rejects_unknown_commands():
     with pytest.raises(SystemExit):
         main(["fly"])
+
+
+def test_report_puts_every_published_number_beside_ours_and_leaves_nothing_on_failure(
+    tmp_path, monkeypatch
+):
+    params = copy.deepcopy(BASE_PARAMS)
+    params["references"] = {
+        "cnn": [{"metric": "test_error", "value": 0.0072, "dataset": "mnist", "source": "Ha"}]
+    }
+    monkeypatch.chdir(tmp_path)
+    loaded = load(tmp_path, params)
+    with pytest.raises(HypermetaError, match="metrics.json is missing"):
+        build_report(loaded, Path("reports"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+    write_json(Path("metrics/cnn/metrics.json"), {"test_error": 0.1, "params_total": 5})
+    page = (build_report(loaded, Path("reports")) / "report.md").read_text()
+    summary = page.split("## Ours beside the papers")[1].split("##")[0]
+    assert "| cnn | test_error | 10.00% | 0.72% (Ha on mnist, not fashion_mnist) |" in summary
+    assert "params_total" not in summary  # no published number: only in the experiment's table

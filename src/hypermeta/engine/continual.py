@@ -192,7 +192,7 @@ def train_sequences(
                     )
                     x, y = train_data.batch(t, positions.to(device))
                     batches.append((x, y, t))
-                loss = learner.training_loss(batches, task, cfg.lr)
+                loss = learner.training_loss(batches, task, optimizer)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

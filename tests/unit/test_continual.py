@@ -270,6 +270,10 @@ def test_si_path_integral_matches_the_loss_decrease_along_the_path():
 # ---------------------------------------------------------------- exact resume
 
 
+# Beside its weights, what each method carries from finished tasks to the next one.
+MEMORY = {"hnet": ["stored_targets"], "ewc": ["fisher", "anchor"], "si": ["importance", "anchor"]}
+
+
 @pytest.mark.parametrize(
     ("method", "model", "seeds", "stop"),
     [
@@ -278,6 +282,7 @@ def test_si_path_integral_matches_the_loss_decrease_along_the_path():
         ("hnet", {"hidden": [16], **SMALL_HNET, "lookahead": True}, [0], (0, 1, 20)),
         ("hnet", {"hidden": [16], **SMALL_HNET}, [0, 1], (1, 0, 0)),  # between seeds
         ("si", {"hidden": [16]}, [0], (0, 1, 20)),
+        ("ewc", {"hidden": [16], "fisher_samples": 50}, [0], (0, 1, 0)),  # between tasks
     ],
 )
 def test_checkpoint_resumes_the_sequence_exactly(tmp_path, method, model, seeds, stop):
@@ -287,15 +292,18 @@ def test_checkpoint_resumes_the_sequence_exactly(tmp_path, method, model, seeds,
     checkpoint = Checkpointer(tmp_path / "killed.pt", "toy")
     with pytest.raises(SequenceInterrupted):
         run_toy(method, model, 40, checkpoint, stop_at=lambda *at: at == stop, **train)
-    assert checkpoint.load()["position"] == stop
+    state = checkpoint.load()
+    assert state["position"] == stop
+    if state["learner"] is not None:  # task 1's memory is in the checkpoint, not zeros
+        for name in MEMORY[method]:
+            assert torch.count_nonzero(state["learner"][name]) > 0, name
     resumed = run_toy(method, model, 40, checkpoint, **train)
     assert len(resumed["runs"]) == len(seeds)
     for before, after in zip(whole["runs"], resumed["runs"], strict=True):
         assert after["accuracy_rows"] == before["accuracy_rows"]
+        # Same weights and memory (embeddings, stored targets, Fisher, ...), not merely close.
         for name, tensor in before["final_state"].items():
             assert torch.equal(after["final_state"][name], tensor), name
-        if method == "hnet":  # same embeddings and stored targets, not merely close
-            assert torch.count_nonzero(after["final_state"]["stored_targets"]) > 0
 
 
 def test_task_correctness_uses_the_given_task_identity():

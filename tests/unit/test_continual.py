@@ -162,7 +162,10 @@ def test_sequences_split_consecutive_classes_and_permute_pixels_reproducibly():
     assert tasks.classes_per_task == 2 and tasks.size(3) == 6
     _, y = tasks.batch(3, torch.arange(6))
     assert sorted(y.tolist()) == [0, 0, 0, 1, 1, 1]
-    assert torch.equal(pixel_permutations(4, 9, seed=3), pixel_permutations(4, 9, seed=3))
+    permutations = pixel_permutations(4, 9, seed=3)
+    assert torch.equal(permutations, pixel_permutations(4, 9, seed=3))
+    assert torch.equal(permutations[0], torch.arange(9))  # the first task is not permuted
+    assert all(not torch.equal(p, torch.arange(9)) for p in permutations[1:])
     image = torch.arange(4, dtype=torch.uint8).view(1, 1, 2, 2)
     permuted = TaskSequence("permuted", {"images": image, "labels": labels[:1]}, info, 2, seed=0)
     x, _ = permuted.batch(1, torch.tensor([0]))

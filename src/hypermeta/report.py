@@ -86,6 +86,16 @@ def summary_rows(
     return rows
 
 
+def comparison_rows(
+    columns: dict[str, str], metrics: dict[str, dict[str, Any]]
+) -> list[tuple[str, ...]]:
+    """One row per experiment of a group: its name, then each column's metric with its CI."""
+    return [
+        (name, *(format_metric(key, m) if key in m else "" for key in columns.values()))
+        for name, m in metrics.items()
+    ]
+
+
 def _markdown_table(header: list[str], rows: list[tuple[str, ...]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
@@ -192,14 +202,23 @@ def write_report(params: Params, staging: Path) -> None:
             raise HypermetaError(
                 f"params.yaml: group {group!r} mixes engine kinds {sorted(kinds)}."
             )
+        engine = get_engine(kinds.pop())
         contexts = [stage_context(exp, NullTracker()) for exp in members]
-        paths = get_engine(kinds.pop()).compare(contexts, figures / group, group)
-        if paths:
-            md += [f"## Compared: {group}", ""]
-            body.append(f"<h2>Compared: {html.escape(group)}</h2>")
-            for png in paths:
-                md += [f"![{group} {png.stem}](figures/{group}/{png.name})", ""]
-                body.append(_embedded(png))
+        paths = engine.compare(contexts, figures / group, group)
+        if not (paths or engine.compare_columns):
+            continue
+        md += [f"## Compared: {group}", ""]
+        body.append(f"<h2>Compared: {html.escape(group)}</h2>")
+        if engine.compare_columns:
+            header = ["experiment", *engine.compare_columns]
+            rows = comparison_rows(
+                engine.compare_columns, {exp.name: results[exp.name] for exp in members}
+            )
+            md += [_markdown_table(header, rows), "", engine.compare_note, ""]
+            body += [_html_table(header, rows), f"<p>{html.escape(engine.compare_note)}</p>"]
+        for png in paths:
+            md += [f"![{group} {png.stem}](figures/{group}/{png.name})", ""]
+            body.append(_embedded(png))
 
     header = ["experiment", "params hash", "data md5 (prepared tensors)", "MLflow run (evaluate)"]
     md += ["## Provenance", "", _markdown_table(header, provenance), ""]

@@ -8,9 +8,10 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.func import functional_call
 
-from hypermeta.continual.regularizer import output_regularizer, sgd_lookahead
+from hypermeta.continual.regularizer import lookahead_delta, output_regularizer
 from hypermeta.data.continual import TaskSequence, pixel_permutations
 from hypermeta.engine.checkpoint import Checkpointer
 from hypermeta.engine.continual import (
@@ -94,7 +95,8 @@ def test_lookahead_evaluates_the_regularizer_at_theta_plus_delta():
     take_parameters(target, list(target_shapes(target)))
     task_loss = F.cross_entropy(functional_call(target, hnet.weights_for(2), (x,)), y)
     shared = {n: p for n, p in hnet.named_parameters() if n != "task_embeddings"}
-    delta = sgd_lookahead(task_loss, shared, lr=0.1)
+    optimizer = torch.optim.Adam(hnet.parameters(), lr=0.1)
+    delta = lookahead_delta(task_loss, shared, optimizer, "sgd")
     stepped = copy.deepcopy(hnet)
     with torch.no_grad():
         for name, p in stepped.named_parameters():
@@ -104,6 +106,31 @@ def test_lookahead_evaluates_the_regularizer_at_theta_plus_delta():
     got = output_regularizer(hnet, embeddings, targets, beta=0.5, delta=delta)
     assert got.item() == pytest.approx(expected.item(), rel=1e-5)
     assert got.item() > 0  # the task step would move task 0's weights; the penalty sees it
+
+
+def test_adam_lookahead_is_the_change_adam_makes_with_the_same_gradient():
+    torch.manual_seed(0)
+    warm, fresh = nn.Parameter(torch.randn(5, 3)), nn.Parameter(torch.randn(4))
+    optimizer = torch.optim.Adam([warm, fresh], lr=0.01, betas=(0.8, 0.99), eps=1e-6)
+    for _ in range(3):  # moments and a step count for `warm`; `fresh` has no state yet
+        optimizer.zero_grad()
+        warm.pow(3).sum().backward()
+        optimizer.step()
+    assert fresh not in optimizer.state
+    task_loss = (warm @ torch.randn(3)).sin().sum() + fresh.exp().sum()
+    params = {"warm": warm, "fresh": fresh}
+    delta = lookahead_delta(task_loss, params, optimizer, "adam")
+    sgd = lookahead_delta(task_loss, params, optimizer, "sgd")
+    assert fresh not in optimizer.state  # looking ahead leaves the optimizer as it was
+    before = {name: p.detach().clone() for name, p in params.items()}
+    optimizer.zero_grad()
+    task_loss.backward()
+    assert torch.equal(sgd["warm"], -0.01 * warm.grad)
+    optimizer.step()
+    for name, p in params.items():  # equal up to the float32 rounding of the weights
+        assert torch.allclose(p.detach() - before[name], delta[name], rtol=0, atol=2e-7), name
+    # Adam's first step moves every weight by about lr, whatever the gradient's size.
+    assert torch.allclose(delta["fresh"].abs(), torch.full((4,), 0.01), rtol=1e-3)
 
 
 # ---------------------------------------------------------------- task sequences
@@ -135,7 +162,10 @@ def test_sequences_split_consecutive_classes_and_permute_pixels_reproducibly():
     assert tasks.classes_per_task == 2 and tasks.size(3) == 6
     _, y = tasks.batch(3, torch.arange(6))
     assert sorted(y.tolist()) == [0, 0, 0, 1, 1, 1]
-    assert torch.equal(pixel_permutations(4, 9, seed=3), pixel_permutations(4, 9, seed=3))
+    permutations = pixel_permutations(4, 9, seed=3)
+    assert torch.equal(permutations, pixel_permutations(4, 9, seed=3))
+    assert torch.equal(permutations[0], torch.arange(9))  # the first task is not permuted
+    assert all(not torch.equal(p, torch.arange(9)) for p in permutations[1:])
     image = torch.arange(4, dtype=torch.uint8).view(1, 1, 2, 2)
     permuted = TaskSequence("permuted", {"images": image, "labels": labels[:1]}, info, 2, seed=0)
     x, _ = permuted.batch(1, torch.tensor([0]))
@@ -243,13 +273,19 @@ def test_si_path_integral_matches_the_loss_decrease_along_the_path():
 # ---------------------------------------------------------------- exact resume
 
 
+# Beside its weights, what each method carries from finished tasks to the next one.
+MEMORY = {"hnet": ["stored_targets"], "ewc": ["fisher", "anchor"], "si": ["importance", "anchor"]}
+
+
 @pytest.mark.parametrize(
     ("method", "model", "seeds", "stop"),
     [
         ("hnet", {"hidden": [16], **SMALL_HNET}, [0], (0, 1, 0)),  # between tasks
-        ("hnet", {"hidden": [16], **SMALL_HNET}, [0], (0, 1, 20)),  # inside task 2
+        # inside task 2, ΔΘ from the optimizer state the checkpoint restores
+        ("hnet", {"hidden": [16], **SMALL_HNET, "lookahead": True}, [0], (0, 1, 20)),
         ("hnet", {"hidden": [16], **SMALL_HNET}, [0, 1], (1, 0, 0)),  # between seeds
         ("si", {"hidden": [16]}, [0], (0, 1, 20)),
+        ("ewc", {"hidden": [16], "fisher_samples": 50}, [0], (0, 1, 0)),  # between tasks
     ],
 )
 def test_checkpoint_resumes_the_sequence_exactly(tmp_path, method, model, seeds, stop):
@@ -259,15 +295,18 @@ def test_checkpoint_resumes_the_sequence_exactly(tmp_path, method, model, seeds,
     checkpoint = Checkpointer(tmp_path / "killed.pt", "toy")
     with pytest.raises(SequenceInterrupted):
         run_toy(method, model, 40, checkpoint, stop_at=lambda *at: at == stop, **train)
-    assert checkpoint.load()["position"] == stop
+    state = checkpoint.load()
+    assert state["position"] == stop
+    if state["learner"] is not None:  # task 1's memory is in the checkpoint, not zeros
+        for name in MEMORY[method]:
+            assert torch.count_nonzero(state["learner"][name]) > 0, name
     resumed = run_toy(method, model, 40, checkpoint, **train)
     assert len(resumed["runs"]) == len(seeds)
     for before, after in zip(whole["runs"], resumed["runs"], strict=True):
         assert after["accuracy_rows"] == before["accuracy_rows"]
+        # Same weights and memory (embeddings, stored targets, Fisher, ...), not merely close.
         for name, tensor in before["final_state"].items():
             assert torch.equal(after["final_state"][name], tensor), name
-        if method == "hnet":  # same embeddings and stored targets, not merely close
-            assert torch.count_nonzero(after["final_state"]["stored_targets"]) > 0
 
 
 def test_task_correctness_uses_the_given_task_identity():

@@ -6,7 +6,7 @@ from unit.helpers import BASE_PARAMS, load, write_params
 
 from hypermeta.atomic import write_json
 from hypermeta.cli import main
-from hypermeta.config import Reference
+from hypermeta.config import Reference, load_params
 from hypermeta.errors import HypermetaError
 from hypermeta.report import build_report, format_metric, result_rows
 
@@ -66,3 +66,44 @@ def test_report_puts_every_published_number_beside_ours_and_leaves_nothing_on_fa
     summary = page.split("## Ours beside the papers")[1].split("##")[0]
     assert "| cnn | test_error | 10.00% | 0.72% (Ha on mnist, not fashion_mnist) |" in summary
     assert "params_total" not in summary  # no published number: only in the experiment's table
+
+
+def continual_metrics(accuracy: float, transfer: float) -> dict:
+    metrics = {"compression_ratio": 0.25, "seconds_per_task": 12.5, "seeds": 3}
+    for name, value in {
+        "cl1_average_accuracy": accuracy,
+        "cl1_backward_transfer": transfer,
+        "cl2_average_accuracy": accuracy - 0.2,
+        "cl3_average_accuracy": accuracy - 0.4,
+    }.items():
+        metrics |= {name: value, f"{name}_ci_low": value - 0.01, f"{name}_ci_high": value + 0.01}
+    return metrics
+
+
+def test_continual_group_is_one_side_by_side_table_in_the_report(tmp_path, monkeypatch):
+    experiments = {
+        name: {
+            "method": method,
+            "dataset": "mnist",
+            "group": "toy_cl",
+            "profiles": {"quick": {"dataset": "fashion_mnist"}},
+        }
+        for name, method in (("hnet_toy", "hnet"), ("ewc_toy", "ewc"))
+    }
+    write_params(tmp_path, {**BASE_PARAMS, "experiments": experiments})
+    monkeypatch.chdir(tmp_path)
+    write_json(Path("metrics/hnet_toy/metrics.json"), continual_metrics(0.95, -0.005))
+    write_json(Path("metrics/ewc_toy/metrics.json"), continual_metrics(0.80, -0.15))
+    report = build_report(load_params(), tmp_path / "reports") / "report.md"
+    section = report.read_text().split("## Compared: toy_cl")[1]
+    table = [  # rows in params.yaml's order (write_params sorts the names)
+        "| experiment | CL1 average final accuracy | CL1 backward transfer | CL2 average accuracy "
+        "| CL3 average accuracy | compression ratio | seconds per task |",
+        "|---|---|---|---|---|---|---|",
+        "| ewc_toy | 80.00% [79.00%, 81.00%] | -15.00% [-16.00%, -14.00%] "
+        "| 60.00% [59.00%, 61.00%] | 40.00% [39.00%, 41.00%] | 0.25 | 12.5 |",
+        "| hnet_toy | 95.00% [94.00%, 96.00%] | -0.50% [-1.50%, 0.50%] | 75.00% [74.00%, 76.00%] "
+        "| 55.00% [54.00%, 56.00%] | 0.25 | 12.5 |",
+    ]
+    assert "\n".join(table) in section
+    assert "the baselines among their task heads" in section

@@ -40,7 +40,11 @@ class ContinualLearner(nn.Module):
         """Tasks whose data a training step of `task` sees (only `task` in continual learning)."""
         return [task]
 
-    def training_loss(self, batches: list[Batch], task: int, lr: float) -> torch.Tensor:
+    def training_loss(
+        self, batches: list[Batch], task: int, optimizer: torch.optim.Optimizer
+    ) -> torch.Tensor:
+        """The loss to step on; `optimizer` (about to step) is there for methods that look
+        ahead at its update (HNET's ΔΘ)."""
         loss = torch.stack([F.cross_entropy(self(x, t), y) for x, y, t in batches]).mean()
         return loss + self.penalty()
 

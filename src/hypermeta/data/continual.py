@@ -2,8 +2,11 @@
 
 Split:    task t holds the two consecutive classes 2t, 2t+1, relabelled 0/1
           (Split MNIST: 5 tasks).
-Permuted: task t is the whole split with a fixed, seeded pixel permutation; labels
-          are the original 10 classes (Permuted MNIST-10).
+Permuted: task 0 is the whole split as it is; every later task is the whole split
+          under its own fixed, seeded pixel permutation; labels are the original 10
+          classes (Permuted MNIST-10). The first task unpermuted is how the authors build
+          it (hypercl `mnist/train_utils.py`, hypnettorch `examples/hypercl/run.py`:
+          permutations `[None] + [...] * (num_tasks - 1)`), as van de Ven & Tolias do.
 
 Nothing is copied per task: a task is the indices of its examples (and, for Permuted,
 its permutation), applied per batch to the uint8 tensors the split stage wrote.
@@ -21,9 +24,11 @@ SequenceKind = Literal["permuted", "split"]
 
 
 def pixel_permutations(num_tasks: int, pixels: int, seed: int) -> torch.Tensor:
-    """One seeded permutation of `pixels` positions per task, shape (num_tasks, pixels)."""
+    """The pixel order of each task, shape (num_tasks, pixels): the identity for task 0,
+    a seeded random permutation for each later task."""
     generator = torch.Generator().manual_seed(seed)
-    return torch.stack([torch.randperm(pixels, generator=generator) for _ in range(num_tasks)])
+    shuffled = [torch.randperm(pixels, generator=generator) for _ in range(num_tasks - 1)]
+    return torch.stack([torch.arange(pixels), *shuffled])
 
 
 class TaskSequence:

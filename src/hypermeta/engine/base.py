@@ -4,7 +4,8 @@ train     writes <model_dir>/model.pt and history.json (per-epoch records), keep
           resumable <model_dir>/checkpoint.pt as it goes;
 evaluate  returns flat numeric metrics (the stage writes metrics.json);
 visualize writes PNG files into plots_dir and returns their paths;
-compare   (optional) draws one group's experiments together for the report.
+compare   (optional) draws one group's experiments together for the report;
+          `compare_columns` (optional) names the metrics the report tabulates for them.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ class Engine(ABC):
     kind: ClassVar[str]
     train_config: ClassVar[type[BaseModel]]
     eval_config: ClassVar[type[BaseModel]]
+    # A group's side-by-side table in the report: column title → metric (shown with its
+    # CI), one row per experiment; `compare_note` says what the reader must know to read it.
+    compare_columns: ClassVar[dict[str, str]] = {}
+    compare_note: ClassVar[str] = ""
 
     @abstractmethod
     def train(self, ctx: StageContext) -> None: ...

@@ -10,7 +10,8 @@ evaluate  from the final models: R's last row again, average final accuracy and
           with the task inferred as the one of lowest predictive entropy (HNET+ENT):
           CL2 (domain-incremental: within-task label right) and CL3 (task and label
           right). 95% CIs over seeds when there are several, else over test examples.
-visualize the accuracy-matrix heatmap; compare: average accuracy as tasks arrive.
+visualize the accuracy-matrix heatmap; compare: average accuracy as tasks arrive, and
+          the group's methods side by side in one table (`compare_columns`).
 """
 
 from __future__ import annotations
@@ -192,7 +193,7 @@ def train_sequences(
                     )
                     x, y = train_data.batch(t, positions.to(device))
                     batches.append((x, y, t))
-                loss = learner.training_loss(batches, task, cfg.lr)
+                loss = learner.training_loss(batches, task, optimizer)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -262,6 +263,19 @@ class ContinualEngine(Engine):
     kind = "continual"
     train_config = ContinualTrain
     eval_config = ContinualEval
+    compare_columns = {
+        "CL1 average final accuracy": "cl1_average_accuracy",
+        "CL1 backward transfer": "cl1_backward_transfer",
+        "CL2 average accuracy": "cl2_average_accuracy",
+        "CL3 average accuracy": "cl3_average_accuracy",
+        "compression ratio": "compression_ratio",
+        "seconds per task": "seconds_per_task",
+    }
+    compare_note = (
+        "CL1: task identity given. CL2 and CL3 infer the task as the one whose prediction "
+        "has the lowest entropy: HNET among its task embeddings (HNET+ENT), the baselines "
+        "among their task heads. CL2 counts the label right, CL3 the task and the label."
+    )
 
     def train(self, ctx: StageContext) -> None:
         exp = ctx.experiment

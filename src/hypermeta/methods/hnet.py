@@ -16,7 +16,7 @@ from torch import nn
 from torch.func import functional_call
 
 from hypermeta.continual.learner import Batch, ContinualLearner
-from hypermeta.continual.regularizer import output_regularizer, sgd_lookahead
+from hypermeta.continual.regularizer import LookaheadStep, lookahead_delta, output_regularizer
 from hypermeta.data.continual import TaskSequence
 from hypermeta.hyper import take_parameters, target_shapes
 from hypermeta.hyper.chunked import ChunkedHypernet
@@ -33,6 +33,10 @@ class HNETConfig(MainNetConfig):
     chunk_dim: int = Field(96, gt=0, description="size of each chunk embedding")
     beta: float = Field(0.01, ge=0, description="β, strength of the output regulariser")
     lookahead: bool = Field(False, description="regularise at Θ + ΔΘ (the look-ahead of eq. 2)")
+    lookahead_step: LookaheadStep = Field(
+        "adam",
+        description="ΔΘ: Adam's next step from its state (the authors' default) or -lr·∇ (sgd)",
+    )
 
 
 class HNETLearner(ContinualLearner):
@@ -51,6 +55,7 @@ class HNETLearner(ContinualLearner):
             config.hnet_hidden,
         )
         self.beta, self.lookahead = config.beta, config.lookahead
+        self.lookahead_step = config.lookahead_step
         # h(e_t; Θ*) for every finished task, refreshed at the end of each task.
         self.register_buffer("stored_targets", torch.zeros(num_tasks, self.hnet.num_weights))
 
@@ -65,7 +70,9 @@ class HNETLearner(ContinualLearner):
             ]
         )
 
-    def training_loss(self, batches: list[Batch], task: int, lr: float) -> torch.Tensor:
+    def training_loss(
+        self, batches: list[Batch], task: int, optimizer: torch.optim.Optimizer
+    ) -> torch.Tensor:
         ((x, y, _),) = batches
         task_loss = F.cross_entropy(self(x, task), y)
         if task == 0 or self.beta == 0:
@@ -73,7 +80,7 @@ class HNETLearner(ContinualLearner):
         delta = None
         if self.lookahead:
             shared = {n: p for n, p in self.hnet.named_parameters() if n != "task_embeddings"}
-            delta = sgd_lookahead(task_loss, shared, lr)
+            delta = lookahead_delta(task_loss, shared, optimizer, self.lookahead_step)
         reg = output_regularizer(
             self.hnet,
             self.hnet.task_embeddings[:task],

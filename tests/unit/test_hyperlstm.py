@@ -124,6 +124,23 @@ def test_uniform_model_scores_log2_of_the_vocabulary():
     assert bits_per_char(bits, real) == pytest.approx(math.log2(vocab_size), abs=1e-5)
 
 
+def test_padding_is_neither_trained_nor_scored(tmp_path):
+    """Padding (id 0) ends the last stream when B does not divide the text. A model that
+    predicts id 0 almost surely pays ln(e^10 + 4) nats on each real character (ids 1-4)
+    and almost nothing on padding, so counting padding would pull both bpc down."""
+    vocab_size, batch_size = 5, 8
+    model = char_model("lstm", vocab_size)
+    with torch.no_grad():
+        model.decoder.weight.zero_()
+        model.decoder.bias.copy_(torch.tensor([10.0, 0, 0, 0, 0]))
+    text = torch.randint(1, vocab_size, (20 * batch_size + 5,))  # 3 padding positions
+    cfg = LanguageModelTrain(epochs=1, batch_size=batch_size, seq_length=7, lr=1e-9)
+    history, _ = fit(model, text, text, cfg, Checkpointer(tmp_path / "c.pt", "h"), "pad")
+    real_bits = math.log2(math.exp(10.0) + vocab_size - 1)
+    assert history[0]["train_bpc"] == pytest.approx(real_bits, abs=1e-4)
+    assert history[0]["val_bpc"] == pytest.approx(real_bits, abs=1e-4)
+
+
 def test_unknown_characters_are_counted_not_fatal():
     vocab = Vocabulary.from_text("abc ")
     encoded = vocab.encode("abcxyz☃ a")

@@ -161,8 +161,8 @@ def fit(
             f"({len(val_tokens)}) is too short for batch size {cfg.batch_size}; use more text "
             "or a smaller batch size."
         )
-    data, _ = streams(train_tokens, cfg.batch_size)
-    data = data.to(device)
+    data, real = streams(train_tokens, cfg.batch_size)
+    data, real = data.to(device), real.to(device)
     windows = list(range(0, data.shape[0] - 1, cfg.seq_length))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     history: list[dict[str, float]] = []
@@ -213,13 +213,16 @@ def fit(
             with autocast(device, cfg.amp):
                 logits, state = model(data[start : start + len(targets)], state)
             state = detach(state)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+            # Padding at the end of the last stream is no text: it is never a target.
+            scored = real[start + 1 : start + 1 + len(targets)]
+            loss = F.cross_entropy(logits.float()[scored], targets[scored])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
             optimizer.step()
-            running["bits"] += loss.item() / LN2 * targets.numel()
-            running["tokens"] += targets.numel()
+            characters = int(scored.sum())
+            running["bits"] += loss.item() / LN2 * characters
+            running["tokens"] += characters
             running["seconds"] += time.perf_counter() - began
             bar.set_postfix(
                 bpc=f"{running['bits'] / running['tokens']:.3f}",

@@ -21,6 +21,7 @@ from hypermeta.engine.language_model import (
     token_bits,
     unigram_bits,
 )
+from hypermeta.errors import HypermetaError
 from hypermeta.hyper.hyperlstm import HyperLSTM, HyperLSTMLayer
 from hypermeta.methods import get_method
 from hypermeta.nn.lstm import LNLSTM, CharLanguageModel
@@ -207,6 +208,36 @@ def test_resumed_training_matches_uninterrupted_training(tmp_path):
     resumed = run(2, "resumed.pt")
     for name, value in straight.items():
         assert torch.equal(value, resumed[name]), name
+
+
+def fit_diverging(tmp_path, epochs: int, finite_epochs: int):
+    """`fit` of a small LSTM whose outputs turn NaN after `finite_epochs` epochs."""
+    text = word_salad(100, 4)
+    vocab = Vocabulary.from_text(text)
+    tokens = vocab.encode(text).tokens
+    model = char_model("lstm", len(vocab))
+    done = {"epochs": 0}
+
+    def poison(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        return output * math.nan if done["epochs"] >= finite_epochs else None
+
+    def count(row: dict[str, float], epoch: int) -> None:  # fit's `log_metrics`
+        done["epochs"] = epoch
+
+    model.decoder.register_forward_hook(poison)
+    cfg = LanguageModelTrain(epochs=epochs, batch_size=4, seq_length=16)
+    return fit(model, tokens, tokens, cfg, Checkpointer(tmp_path / "c.pt", "h"), "nan", count)
+
+
+def test_diverged_training_without_a_finite_epoch_names_the_fix(tmp_path):
+    with pytest.raises(HypermetaError, match="diverged.*lower the learning rate"):
+        fit_diverging(tmp_path, epochs=2, finite_epochs=0)
+
+
+def test_diverged_training_stops_with_the_best_finite_epoch(tmp_path):
+    history, best = fit_diverging(tmp_path, epochs=3, finite_epochs=1)
+    assert len(history) == 1 and math.isfinite(history[0]["val_bpc"])
+    assert all(torch.isfinite(weight).all() for weight in best.values())
 
 
 def test_text_splits_keep_reading_order_and_ptb_spacing_is_removed():

@@ -4,7 +4,9 @@ Training is truncated back-propagation through time over B contiguous streams of
 training text, the hidden state carried (detached) from one batch to the next. After
 every epoch the validation split is scored; the learning rate is multiplied by
 `lr_decay` after an epoch that did not improve it, and training stops after `patience`
-such epochs in a row. The model kept is the one with the best validation bpc.
+such epochs in a row. The model kept is the one with the best validation bpc; a
+non-finite validation bpc (diverged training) stops training at once, and fails with
+the fix when no earlier epoch is worth keeping.
 Evaluation scores every character of the split (bits per character, bpc) with a 95% CI
 over contiguous blocks. `lm_cli.py` runs the same `fit` / `token_bits` / `generate`.
 """
@@ -233,6 +235,18 @@ def fit(
         start_window = 0
         began = time.perf_counter()
         val_bpc = bits_per_char(*token_bits(model, val_tokens, cfg.batch_size, cfg.seq_length))
+        if not math.isfinite(val_bpc):  # diverged weights never recover: stop now
+            if not best_weights:
+                raise HypermetaError(
+                    f"{label}: validation bpc is {val_bpc} after epoch {epoch + 1}, so training "
+                    "diverged before any epoch worth keeping; lower the learning rate "
+                    "(--lr or train.lr) or clip gradients harder (a smaller --clip or train.clip)."
+                )
+            print(
+                f"[hypermeta] {label}: validation bpc is {val_bpc} after epoch {epoch + 1} "
+                f"(training diverged); stopping with the best model (val bpc {best_val:.4f})."
+            )
+            break
         row = {
             "epoch": epoch + 1,
             "train_bpc": running["bits"] / max(running["tokens"], 1),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 import torch
@@ -142,7 +143,16 @@ def generate(args: argparse.Namespace) -> None:
     from hypermeta.engine.language_model import generate as sample
 
     model, vocab, _ = _load(args)
-    print(sample(model, vocab, args.prime_text, args.gen_length, args.temperature, args.seed))
+    text, unknown = sample(
+        model, vocab, args.prime_text, args.gen_length, args.temperature, args.seed
+    )
+    if unknown:  # on stderr: stdout is the generated text alone
+        print(
+            f"[hypermeta] characters of --prime-text unknown to the model: {unknown} "
+            "(read as the unknown symbol).",
+            file=sys.stderr,
+        )
+    print(text)
 
 
 def setup(parser: argparse.ArgumentParser) -> None:

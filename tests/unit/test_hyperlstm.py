@@ -159,7 +159,23 @@ def test_generation_with_a_fixed_seed_is_reproducible():
     first = generate(model, vocab, "ab", 40, 1.0, seed=5)
     assert first == generate(model, vocab, "ab", 40, 1.0, seed=5)
     assert first != generate(model, vocab, "ab", 40, 1.0, seed=6)
-    assert first.startswith("ab") and len(first) == 42
+    assert first[0].startswith("ab") and len(first[0]) == 42 and first[1] == 0
+
+
+def test_unknown_prime_characters_are_counted_and_reported(tmp_path, capsys):
+    from hypermeta.cli import main
+    from hypermeta.engine.language_model import save_model
+
+    vocab = Vocabulary.from_text("abcdefgh ")
+    model = char_model("lnlstm", len(vocab))
+    text, unknown = generate(model, vocab, "aZbY", 5, 1.0, seed=0)
+    assert text.startswith("aZbY") and unknown == 2
+    section = {"method": "lnlstm", "model": {"embedding_size": 16, "hidden_size": 32}}
+    save_model(tmp_path / "model.pt", section, vocab, model.state_dict(), [])
+    argv = ["lm", "generate", "--load-model", str(tmp_path / "model.pt"), "--prime-text", "aZ"]
+    assert main([*argv, "--gen-length", "5", "--device", "cpu"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("aZ") and "--prime-text unknown to the model: 1 " in err
 
 
 def word_salad(words: int, seed: int) -> str:

@@ -312,16 +312,17 @@ def generate(
     length: int,
     temperature: float,
     seed: int,
-) -> str:
-    """`prime` followed by `length` sampled characters; the same seed gives the same text."""
+) -> tuple[str, int]:
+    """`prime` followed by `length` sampled characters (the same seed gives the same text),
+    and how many characters of `prime` the model does not know (read as the unknown symbol)."""
     if temperature <= 0:
         raise HypermetaError(f"temperature must be positive (got {temperature}); try 0.5 or 1.0.")
     model.eval()
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
-    context = vocab.encode(from_display(prime) or "\n").tokens.long()
+    context = vocab.encode(from_display(prime) or "\n")
     state = model.initial_state(1, device)
-    logits, state = model(context.view(-1, 1).to(device), state)
+    logits, state = model(context.tokens.long().view(-1, 1).to(device), state)
     sampled = []
     for _ in range(length):
         probabilities = torch.softmax(logits[-1, 0].float().cpu() / temperature, 0)
@@ -329,7 +330,7 @@ def generate(
         token = torch.multinomial(probabilities, 1, generator=generator)
         sampled.append(token.item())
         logits, state = model(token.view(1, 1).to(device), state)
-    return prime + to_display(vocab.decode(sampled))
+    return prime + to_display(vocab.decode(sampled)), context.unknown
 
 
 @torch.no_grad()
@@ -365,8 +366,11 @@ def save_scale_heatmap(scales: Tensor, text: str, path: Path, title: str, units:
 def _samples_text(model: CharLanguageModel, vocab: Vocabulary, cfg: LanguageModelEval) -> str:
     parts = []
     for temperature in cfg.sample_temperatures:
-        text = generate(model, vocab, cfg.sample_prime, cfg.sample_length, temperature, cfg.seed)
-        parts.append(f"--- temperature {temperature} (seed {cfg.seed}) ---\n{text}\n")
+        text, unknown = generate(
+            model, vocab, cfg.sample_prime, cfg.sample_length, temperature, cfg.seed
+        )
+        note = f", prime characters unknown to the model: {unknown}" if unknown else ""
+        parts.append(f"--- temperature {temperature} (seed {cfg.seed}{note}) ---\n{text}\n")
     return "\n".join(parts)
 
 

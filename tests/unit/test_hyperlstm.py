@@ -27,6 +27,7 @@ from hypermeta.methods import get_method
 from hypermeta.nn.lstm import LNLSTM, CharLanguageModel
 
 torch.set_num_threads(1)
+GPU = torch.cuda.is_available()
 
 
 def torch_order(weight: torch.Tensor) -> torch.Tensor:
@@ -203,17 +204,22 @@ def test_a_quick_hyperlstm_run_learns_far_below_the_unigram_entropy(tmp_path):
     assert not torch.allclose(scales, torch.ones_like(scales))  # the hypernetwork modulates
 
 
-def test_resumed_training_matches_uninterrupted_training(tmp_path):
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not GPU, reason="needs a GPU"))],
+)
+def test_resumed_training_matches_uninterrupted_training(tmp_path, device):
     """Stopping after epoch 1 and rerunning continues exactly: weights, optimizer, the
-    dropout random stream and the best-so-far all come back from the checkpoint."""
+    dropout random stream (the GPU's too) and the best-so-far come back from the checkpoint."""
     text = word_salad(800, 2)
     vocab = Vocabulary.from_text(text)
     train, val = vocab.encode(text).tokens, vocab.encode(word_salad(100, 3)).tokens
-    settings = {"batch_size": 8, "seq_length": 16, "lr": 0.01, "device": "cpu"}
+    settings = {"batch_size": 8, "seq_length": 16, "lr": 0.01, "device": device}
 
     def run(epochs: int, checkpoint: str) -> dict[str, torch.Tensor]:
         torch.manual_seed(0)
         model = char_model("lnlstm", len(vocab), use_recurrent_dropout=True, dropout=0.2)
+        model.to(device)
         cfg = LanguageModelTrain(epochs=epochs, patience=5, **settings)
         history, _ = fit(model, train, val, cfg, Checkpointer(tmp_path / checkpoint, "h"), "t")
         assert len(history) == epochs

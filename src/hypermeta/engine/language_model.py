@@ -179,6 +179,8 @@ def fit(
         running = saved["running"]
         resumed_state = tuple(s.to(device) for s in saved["state"]) if saved["state"] else None
         torch.set_rng_state(saved["rng"])  # dropout masks continue as if never stopped
+        if device.type == "cuda" and saved.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(saved["cuda_rng"], device)  # GPU dropout draws here
         print(f"[hypermeta] {label}: resuming after epoch {start_epoch}, batch {start_window}")
         for row in history:  # the new MLflow run shows the whole curve
             log_metrics(row, row["epoch"])
@@ -197,6 +199,9 @@ def fit(
                 "running": running,
                 "state": [s.cpu() for s in state] if state is not None else None,
                 "rng": torch.get_rng_state(),
+                # Only the model's GPU: other GPUs draw nothing for it, and a resume on a
+                # machine with fewer GPUs could not restore their states.
+                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             }
         )
 

@@ -3,13 +3,15 @@
 Flag names follow the HyperLSTM reference project's `hyperlstm_train.py`. `train` holds
 out the last `--val-split` of the file for validation, builds the vocabulary from the
 rest, and saves `<save-dir>/model.pt` (weights + vocabulary), resuming from
-`<save-dir>/checkpoint.pt` when run again with the same flags. `eval` and `generate`
-work on any file: characters the model never saw count as unknown and are reported.
+`<save-dir>/checkpoint.pt` when run again with the same flags and file content (a
+larger `--epochs` continues the run). `eval` and `generate` work on any file:
+characters the model never saw count as unknown and are reported.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import sys
 from pathlib import Path
@@ -98,8 +100,15 @@ def train(args: argparse.Namespace) -> None:
     if val.unknown:
         print(f"[hypermeta] {val.unknown} validation characters are unknown to the vocabulary.")
     save_dir = Path(args.save_dir)
+    # The resume key is what the run learns from, not how long it runs (a larger --epochs
+    # continues), and the file's content, not its path (an edited file starts afresh).
     run_hash = params_hash(
-        {"section": section, "train": cfg.model_dump(), "data": str(args.data_path)}
+        {
+            "section": section,
+            "train": cfg.model_dump(exclude={"epochs"}),
+            "data_sha256": hashlib.sha256(text.encode("latin-1")).hexdigest(),
+            "val_split": args.val_split,
+        }
     )
     history, best = fit(
         model,

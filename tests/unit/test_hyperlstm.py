@@ -232,6 +232,22 @@ def test_resumed_training_matches_uninterrupted_training(tmp_path, device):
         assert torch.equal(value, resumed[name]), name
 
 
+def test_lm_train_continues_with_more_epochs_and_restarts_on_an_edited_file(tmp_path, capsys):
+    from hypermeta.cli import main
+
+    data = tmp_path / "text.txt"
+    data.write_text(word_salad(300, 5))
+    flags = ["lm", "train", "--data-path", str(data), "--save-dir", str(tmp_path / "lm")]
+    flags += ["--model", "lstm", "--hidden-size", "8", "--embedding-size", "4", "--device", "cpu"]
+    flags += ["--batch-size", "4", "--seq-length", "16", "--val-split", "0.2"]
+    assert main([*flags, "--epochs", "1"]) == 0
+    assert main([*flags, "--epochs", "2"]) == 0
+    assert "resuming after epoch 1" in capsys.readouterr().out
+    data.write_text(word_salad(300, 6))  # same path and flags, other content
+    assert main([*flags, "--epochs", "2"]) == 0
+    assert "starting afresh" in capsys.readouterr().out
+
+
 def fit_diverging(tmp_path, epochs: int, finite_epochs: int):
     """`fit` of a small LSTM whose outputs turn NaN after `finite_epochs` epochs."""
     text = word_salad(100, 4)

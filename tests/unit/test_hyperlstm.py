@@ -248,6 +248,37 @@ def test_lm_train_continues_with_more_epochs_and_restarts_on_an_edited_file(tmp_
     assert "starting afresh" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    ("flags", "refusal"),
+    [
+        ("--model lstm --use-layer-norm", "--use-layer-norm applies only to --model hyperlstm"),
+        ("--model ln-lstm --use-layer-norm", "--use-layer-norm applies only to --model hyperlstm"),
+        (
+            "--model ln-lstm --hyper-num-units 64",
+            "--hyper-num-units applies only to --model hyperlstm",
+        ),
+        ("--model lstm --hyper-embedding-size 8", "--hyper-embedding-size applies only to"),
+        ("--model lstm --use-recurrent-dropout", "applies only to --model ln-lstm or hyperlstm"),
+        ("--model hyperlstm --dropout-keep-prob 0.5", "only with --use-recurrent-dropout"),
+        ("--model lstm --hyper-num-units 128 --dropout-keep-prob 0.9", None),  # the defaults
+        (
+            "--model hyperlstm --use-layer-norm --use-recurrent-dropout --dropout-keep-prob 0.5",
+            None,
+        ),
+    ],
+)
+def test_lm_train_refuses_flags_its_model_would_ignore(flags, refusal):
+    from hypermeta.cli import build_parser
+    from hypermeta.lm_cli import _model_section
+
+    args = build_parser().parse_args(["lm", "train", "--data-path", "x", *flags.split()])
+    if refusal is None:
+        assert _model_section(args)["hidden_size"] == 512
+    else:
+        with pytest.raises(HypermetaError, match=refusal):
+            _model_section(args)
+
+
 def fit_diverging(tmp_path, epochs: int, finite_epochs: int):
     """`fit` of a small LSTM whose outputs turn NaN after `finite_epochs` epochs."""
     text = word_salad(100, 4)

@@ -92,10 +92,25 @@ def test_gradients_reach_every_hyper_parameter():
         assert grad is not None and grad.abs().sum() > 0, name
 
 
-def test_recurrent_dropout_only_in_training():
+def modulating_hyperlstm(recurrent_dropout: float) -> HyperLSTM:
+    """A HyperLSTM whose hyper LSTM already changes the output: at initialisation z is
+    constant (W_z = 0), so dropout inside the hyper LSTM would go unseen."""
+    rnn = HyperLSTM(4, 8, hyper_num_units=5, recurrent_dropout=recurrent_dropout)
+    with torch.no_grad():
+        rnn.layers[0].to_z.weight.normal_()
+        rnn.layers[0].z_to_d.normal_(std=0.3)
+    return rnn
+
+
+@pytest.mark.parametrize(
+    "stack",
+    [lambda dropout: LNLSTM(4, 8, recurrent_dropout=dropout), modulating_hyperlstm],
+    ids=["ln-lstm", "hyperlstm"],
+)
+def test_recurrent_dropout_only_in_training(stack):
     torch.manual_seed(3)
-    with_dropout = LNLSTM(4, 8, recurrent_dropout=0.5)
-    without = LNLSTM(4, 8, recurrent_dropout=0.0)
+    with_dropout = stack(0.5)
+    without = stack(0.0)
     without.load_state_dict(with_dropout.state_dict())
     x = torch.randn(5, 3, 4)
     state = without.initial_state(3, torch.device("cpu"))
@@ -104,6 +119,7 @@ def test_recurrent_dropout_only_in_training():
     assert torch.equal(with_dropout(x, state)[0], without(x, state)[0])
     with_dropout.train()
     assert not torch.allclose(with_dropout(x, state)[0], without(x, state)[0])
+    assert not torch.allclose(with_dropout(x, state)[0], with_dropout(x, state)[0])
 
 
 def char_model(method: str, vocab_size: int, **model) -> CharLanguageModel:

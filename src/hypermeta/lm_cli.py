@@ -3,14 +3,17 @@
 Flag names follow the HyperLSTM reference project's `hyperlstm_train.py`. `train` holds
 out the last `--val-split` of the file for validation, builds the vocabulary from the
 rest, and saves `<save-dir>/model.pt` (weights + vocabulary), resuming from
-`<save-dir>/checkpoint.pt` when run again with the same flags. `eval` and `generate`
-work on any file: characters the model never saw count as unknown and are reported.
+`<save-dir>/checkpoint.pt` when run again with the same flags and file content (a
+larger `--epochs` continues the run). `eval` and `generate` work on any file:
+characters the model never saw count as unknown and are reported.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
+import sys
 from pathlib import Path
 
 import torch
@@ -21,6 +24,21 @@ from hypermeta.errors import HypermetaError
 METHODS = {"lstm": "lstm", "ln-lstm": "lnlstm", "hyperlstm": "hyperlstm"}
 
 
+# Flags only some models read: config field → (the flag's default, the models reading it).
+# Set away from its default for any other model, a flag is refused, never ignored.
+MODEL_FLAGS: dict[str, tuple[object, tuple[str, ...]]] = {
+    "hyper_num_units": (128, ("hyperlstm",)),
+    "hyper_embedding_size": (4, ("hyperlstm",)),
+    "use_layer_norm": (False, ("hyperlstm",)),  # ln-lstm always normalises, lstm never
+    "use_recurrent_dropout": (False, ("ln-lstm", "hyperlstm")),
+    "dropout_keep_prob": (0.9, ("ln-lstm", "hyperlstm")),
+}
+
+
+def _flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
 def _model_section(args: argparse.Namespace) -> dict:
     """The `model:` section of the chosen method, from the flags (unused flags refused)."""
     model = {
@@ -29,23 +47,19 @@ def _model_section(args: argparse.Namespace) -> dict:
         "num_layers": args.num_layers,
         "dropout": args.dropout,
     }
-    if args.model == "lstm":
-        if args.use_recurrent_dropout or args.use_layer_norm:
+    for field, (default, models) in MODEL_FLAGS.items():
+        if args.model in models:
+            model[field] = getattr(args, field)
+        elif getattr(args, field) != default:
             raise HypermetaError(
-                "--model lstm is torch's fused LSTM, without layer norm or recurrent dropout; "
-                "use --model ln-lstm or --model hyperlstm for those."
+                f"{_flag(field)} applies only to --model {' or '.join(models)}; "
+                f"drop it for --model {args.model}."
             )
-        return model
-    model |= {
-        "use_recurrent_dropout": args.use_recurrent_dropout,
-        "dropout_keep_prob": args.dropout_keep_prob,
-    }
-    if args.model == "hyperlstm":
-        model |= {
-            "hyper_num_units": args.hyper_num_units,
-            "hyper_embedding_size": args.hyper_embedding_size,
-            "use_layer_norm": args.use_layer_norm,
-        }
+    default_keep_prob, _ = MODEL_FLAGS["dropout_keep_prob"]
+    if args.dropout_keep_prob != default_keep_prob and not args.use_recurrent_dropout:
+        raise HypermetaError(
+            "--dropout-keep-prob applies only with --use-recurrent-dropout; add that or drop it."
+        )
     return model
 
 
@@ -97,8 +111,15 @@ def train(args: argparse.Namespace) -> None:
     if val.unknown:
         print(f"[hypermeta] {val.unknown} validation characters are unknown to the vocabulary.")
     save_dir = Path(args.save_dir)
+    # The resume key is what the run learns from, not how long it runs (a larger --epochs
+    # continues), and the file's content, not its path (an edited file starts afresh).
     run_hash = params_hash(
-        {"section": section, "train": cfg.model_dump(), "data": str(args.data_path)}
+        {
+            "section": section,
+            "train": cfg.model_dump(exclude={"epochs"}),
+            "data_sha256": hashlib.sha256(text.encode("latin-1")).hexdigest(),
+            "val_split": args.val_split,
+        }
     )
     history, best = fit(
         model,
@@ -142,7 +163,16 @@ def generate(args: argparse.Namespace) -> None:
     from hypermeta.engine.language_model import generate as sample
 
     model, vocab, _ = _load(args)
-    print(sample(model, vocab, args.prime_text, args.gen_length, args.temperature, args.seed))
+    text, unknown = sample(
+        model, vocab, args.prime_text, args.gen_length, args.temperature, args.seed
+    )
+    if unknown:  # on stderr: stdout is the generated text alone
+        print(
+            f"[hypermeta] characters of --prime-text unknown to the model: {unknown} "
+            "(read as the unknown symbol).",
+            file=sys.stderr,
+        )
+    print(text)
 
 
 def setup(parser: argparse.ArgumentParser) -> None:
@@ -170,11 +200,11 @@ def setup(parser: argparse.ArgumentParser) -> None:
             sub.add_argument("--hidden-size", type=int, default=512)
             sub.add_argument("--num-layers", type=int, default=1)
             sub.add_argument("--dropout", type=float, default=0.0)
-            sub.add_argument("--hyper-num-units", type=int, default=128)
-            sub.add_argument("--hyper-embedding-size", type=int, default=4)
-            sub.add_argument("--use-layer-norm", action="store_true")
-            sub.add_argument("--use-recurrent-dropout", action="store_true")
-            sub.add_argument("--dropout-keep-prob", type=float, default=0.9)
+            for field, (default, _) in MODEL_FLAGS.items():
+                if isinstance(default, bool):
+                    sub.add_argument(_flag(field), action="store_true")
+                else:
+                    sub.add_argument(_flag(field), type=type(default), default=default)
             sub.add_argument("--epochs", type=int, default=10)
             sub.add_argument("--lr", type=float, default=1e-3)
             sub.add_argument("--lr-decay", type=float, default=1.0)

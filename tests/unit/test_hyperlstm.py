@@ -21,11 +21,13 @@ from hypermeta.engine.language_model import (
     token_bits,
     unigram_bits,
 )
+from hypermeta.errors import HypermetaError
 from hypermeta.hyper.hyperlstm import HyperLSTM, HyperLSTMLayer
 from hypermeta.methods import get_method
 from hypermeta.nn.lstm import LNLSTM, CharLanguageModel
 
 torch.set_num_threads(1)
+GPU = torch.cuda.is_available()
 
 
 def torch_order(weight: torch.Tensor) -> torch.Tensor:
@@ -90,10 +92,25 @@ def test_gradients_reach_every_hyper_parameter():
         assert grad is not None and grad.abs().sum() > 0, name
 
 
-def test_recurrent_dropout_only_in_training():
+def modulating_hyperlstm(recurrent_dropout: float) -> HyperLSTM:
+    """A HyperLSTM whose hyper LSTM already changes the output: at initialisation z is
+    constant (W_z = 0), so dropout inside the hyper LSTM would go unseen."""
+    rnn = HyperLSTM(4, 8, hyper_num_units=5, recurrent_dropout=recurrent_dropout)
+    with torch.no_grad():
+        rnn.layers[0].to_z.weight.normal_()
+        rnn.layers[0].z_to_d.normal_(std=0.3)
+    return rnn
+
+
+@pytest.mark.parametrize(
+    "stack",
+    [lambda dropout: LNLSTM(4, 8, recurrent_dropout=dropout), modulating_hyperlstm],
+    ids=["ln-lstm", "hyperlstm"],
+)
+def test_recurrent_dropout_only_in_training(stack):
     torch.manual_seed(3)
-    with_dropout = LNLSTM(4, 8, recurrent_dropout=0.5)
-    without = LNLSTM(4, 8, recurrent_dropout=0.0)
+    with_dropout = stack(0.5)
+    without = stack(0.0)
     without.load_state_dict(with_dropout.state_dict())
     x = torch.randn(5, 3, 4)
     state = without.initial_state(3, torch.device("cpu"))
@@ -102,6 +119,7 @@ def test_recurrent_dropout_only_in_training():
     assert torch.equal(with_dropout(x, state)[0], without(x, state)[0])
     with_dropout.train()
     assert not torch.allclose(with_dropout(x, state)[0], without(x, state)[0])
+    assert not torch.allclose(with_dropout(x, state)[0], with_dropout(x, state)[0])
 
 
 def char_model(method: str, vocab_size: int, **model) -> CharLanguageModel:
@@ -124,6 +142,23 @@ def test_uniform_model_scores_log2_of_the_vocabulary():
     assert bits_per_char(bits, real) == pytest.approx(math.log2(vocab_size), abs=1e-5)
 
 
+def test_padding_is_neither_trained_nor_scored(tmp_path):
+    """Padding (id 0) ends the last stream when B does not divide the text. A model that
+    predicts id 0 almost surely pays ln(e^10 + 4) nats on each real character (ids 1-4)
+    and almost nothing on padding, so counting padding would pull both bpc down."""
+    vocab_size, batch_size = 5, 8
+    model = char_model("lstm", vocab_size)
+    with torch.no_grad():
+        model.decoder.weight.zero_()
+        model.decoder.bias.copy_(torch.tensor([10.0, 0, 0, 0, 0]))
+    text = torch.randint(1, vocab_size, (20 * batch_size + 5,))  # 3 padding positions
+    cfg = LanguageModelTrain(epochs=1, batch_size=batch_size, seq_length=7, lr=1e-9)
+    history, _ = fit(model, text, text, cfg, Checkpointer(tmp_path / "c.pt", "h"), "pad")
+    real_bits = math.log2(math.exp(10.0) + vocab_size - 1)
+    assert history[0]["train_bpc"] == pytest.approx(real_bits, abs=1e-4)
+    assert history[0]["val_bpc"] == pytest.approx(real_bits, abs=1e-4)
+
+
 def test_unknown_characters_are_counted_not_fatal():
     vocab = Vocabulary.from_text("abc ")
     encoded = vocab.encode("abcxyz☃ a")
@@ -141,7 +176,23 @@ def test_generation_with_a_fixed_seed_is_reproducible():
     first = generate(model, vocab, "ab", 40, 1.0, seed=5)
     assert first == generate(model, vocab, "ab", 40, 1.0, seed=5)
     assert first != generate(model, vocab, "ab", 40, 1.0, seed=6)
-    assert first.startswith("ab") and len(first) == 42
+    assert first[0].startswith("ab") and len(first[0]) == 42 and first[1] == 0
+
+
+def test_unknown_prime_characters_are_counted_and_reported(tmp_path, capsys):
+    from hypermeta.cli import main
+    from hypermeta.engine.language_model import save_model
+
+    vocab = Vocabulary.from_text("abcdefgh ")
+    model = char_model("lnlstm", len(vocab))
+    text, unknown = generate(model, vocab, "aZbY", 5, 1.0, seed=0)
+    assert text.startswith("aZbY") and unknown == 2
+    section = {"method": "lnlstm", "model": {"embedding_size": 16, "hidden_size": 32}}
+    save_model(tmp_path / "model.pt", section, vocab, model.state_dict(), [])
+    argv = ["lm", "generate", "--load-model", str(tmp_path / "model.pt"), "--prime-text", "aZ"]
+    assert main([*argv, "--gen-length", "5", "--device", "cpu"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("aZ") and "--prime-text unknown to the model: 1 " in err
 
 
 def word_salad(words: int, seed: int) -> str:
@@ -169,17 +220,22 @@ def test_a_quick_hyperlstm_run_learns_far_below_the_unigram_entropy(tmp_path):
     assert not torch.allclose(scales, torch.ones_like(scales))  # the hypernetwork modulates
 
 
-def test_resumed_training_matches_uninterrupted_training(tmp_path):
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not GPU, reason="needs a GPU"))],
+)
+def test_resumed_training_matches_uninterrupted_training(tmp_path, device):
     """Stopping after epoch 1 and rerunning continues exactly: weights, optimizer, the
-    dropout random stream and the best-so-far all come back from the checkpoint."""
+    dropout random stream (the GPU's too) and the best-so-far come back from the checkpoint."""
     text = word_salad(800, 2)
     vocab = Vocabulary.from_text(text)
     train, val = vocab.encode(text).tokens, vocab.encode(word_salad(100, 3)).tokens
-    settings = {"batch_size": 8, "seq_length": 16, "lr": 0.01, "device": "cpu"}
+    settings = {"batch_size": 8, "seq_length": 16, "lr": 0.01, "device": device}
 
     def run(epochs: int, checkpoint: str) -> dict[str, torch.Tensor]:
         torch.manual_seed(0)
         model = char_model("lnlstm", len(vocab), use_recurrent_dropout=True, dropout=0.2)
+        model.to(device)
         cfg = LanguageModelTrain(epochs=epochs, patience=5, **settings)
         history, _ = fit(model, train, val, cfg, Checkpointer(tmp_path / checkpoint, "h"), "t")
         assert len(history) == epochs
@@ -190,6 +246,83 @@ def test_resumed_training_matches_uninterrupted_training(tmp_path):
     resumed = run(2, "resumed.pt")
     for name, value in straight.items():
         assert torch.equal(value, resumed[name]), name
+
+
+def test_lm_train_continues_with_more_epochs_and_restarts_on_an_edited_file(tmp_path, capsys):
+    from hypermeta.cli import main
+
+    data = tmp_path / "text.txt"
+    data.write_text(word_salad(300, 5))
+    flags = ["lm", "train", "--data-path", str(data), "--save-dir", str(tmp_path / "lm")]
+    flags += ["--model", "lstm", "--hidden-size", "8", "--embedding-size", "4", "--device", "cpu"]
+    flags += ["--batch-size", "4", "--seq-length", "16", "--val-split", "0.2"]
+    assert main([*flags, "--epochs", "1"]) == 0
+    assert main([*flags, "--epochs", "2"]) == 0
+    assert "resuming after epoch 1" in capsys.readouterr().out
+    data.write_text(word_salad(300, 6))  # same path and flags, other content
+    assert main([*flags, "--epochs", "2"]) == 0
+    assert "starting afresh" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("flags", "refusal"),
+    [
+        ("--model lstm --use-layer-norm", "--use-layer-norm applies only to --model hyperlstm"),
+        ("--model ln-lstm --use-layer-norm", "--use-layer-norm applies only to --model hyperlstm"),
+        (
+            "--model ln-lstm --hyper-num-units 64",
+            "--hyper-num-units applies only to --model hyperlstm",
+        ),
+        ("--model lstm --hyper-embedding-size 8", "--hyper-embedding-size applies only to"),
+        ("--model lstm --use-recurrent-dropout", "applies only to --model ln-lstm or hyperlstm"),
+        ("--model hyperlstm --dropout-keep-prob 0.5", "only with --use-recurrent-dropout"),
+        ("--model lstm --hyper-num-units 128 --dropout-keep-prob 0.9", None),  # the defaults
+        (
+            "--model hyperlstm --use-layer-norm --use-recurrent-dropout --dropout-keep-prob 0.5",
+            None,
+        ),
+    ],
+)
+def test_lm_train_refuses_flags_its_model_would_ignore(flags, refusal):
+    from hypermeta.cli import build_parser
+    from hypermeta.lm_cli import _model_section
+
+    args = build_parser().parse_args(["lm", "train", "--data-path", "x", *flags.split()])
+    if refusal is None:
+        assert _model_section(args)["hidden_size"] == 512
+    else:
+        with pytest.raises(HypermetaError, match=refusal):
+            _model_section(args)
+
+
+def fit_diverging(tmp_path, epochs: int, finite_epochs: int):
+    """`fit` of a small LSTM whose outputs turn NaN after `finite_epochs` epochs."""
+    text = word_salad(100, 4)
+    vocab = Vocabulary.from_text(text)
+    tokens = vocab.encode(text).tokens
+    model = char_model("lstm", len(vocab))
+    done = {"epochs": 0}
+
+    def poison(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        return output * math.nan if done["epochs"] >= finite_epochs else None
+
+    def count(row: dict[str, float], epoch: int) -> None:  # fit's `log_metrics`
+        done["epochs"] = epoch
+
+    model.decoder.register_forward_hook(poison)
+    cfg = LanguageModelTrain(epochs=epochs, batch_size=4, seq_length=16)
+    return fit(model, tokens, tokens, cfg, Checkpointer(tmp_path / "c.pt", "h"), "nan", count)
+
+
+def test_diverged_training_without_a_finite_epoch_names_the_fix(tmp_path):
+    with pytest.raises(HypermetaError, match="diverged.*lower the learning rate"):
+        fit_diverging(tmp_path, epochs=2, finite_epochs=0)
+
+
+def test_diverged_training_stops_with_the_best_finite_epoch(tmp_path):
+    history, best = fit_diverging(tmp_path, epochs=3, finite_epochs=1)
+    assert len(history) == 1 and math.isfinite(history[0]["val_bpc"])
+    assert all(torch.isfinite(weight).all() for weight in best.values())
 
 
 def test_text_splits_keep_reading_order_and_ptb_spacing_is_removed():

@@ -4,7 +4,9 @@ Training is truncated back-propagation through time over B contiguous streams of
 training text, the hidden state carried (detached) from one batch to the next. After
 every epoch the validation split is scored; the learning rate is multiplied by
 `lr_decay` after an epoch that did not improve it, and training stops after `patience`
-such epochs in a row. The model kept is the one with the best validation bpc.
+such epochs in a row. The model kept is the one with the best validation bpc; a
+non-finite validation bpc (diverged training) stops training at once, and fails with
+the fix when no earlier epoch is worth keeping.
 Evaluation scores every character of the split (bits per character, bpc) with a 95% CI
 over contiguous blocks. `lm_cli.py` runs the same `fit` / `token_bits` / `generate`.
 """
@@ -161,8 +163,8 @@ def fit(
             f"({len(val_tokens)}) is too short for batch size {cfg.batch_size}; use more text "
             "or a smaller batch size."
         )
-    data, _ = streams(train_tokens, cfg.batch_size)
-    data = data.to(device)
+    data, real = streams(train_tokens, cfg.batch_size)
+    data, real = data.to(device), real.to(device)
     windows = list(range(0, data.shape[0] - 1, cfg.seq_length))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     history: list[dict[str, float]] = []
@@ -177,6 +179,8 @@ def fit(
         running = saved["running"]
         resumed_state = tuple(s.to(device) for s in saved["state"]) if saved["state"] else None
         torch.set_rng_state(saved["rng"])  # dropout masks continue as if never stopped
+        if device.type == "cuda" and saved.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(saved["cuda_rng"], device)  # GPU dropout draws here
         print(f"[hypermeta] {label}: resuming after epoch {start_epoch}, batch {start_window}")
         for row in history:  # the new MLflow run shows the whole curve
             log_metrics(row, row["epoch"])
@@ -195,6 +199,9 @@ def fit(
                 "running": running,
                 "state": [s.cpu() for s in state] if state is not None else None,
                 "rng": torch.get_rng_state(),
+                # Only the model's GPU: other GPUs draw nothing for it, and a resume on a
+                # machine with fewer GPUs could not restore their states.
+                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             }
         )
 
@@ -213,13 +220,16 @@ def fit(
             with autocast(device, cfg.amp):
                 logits, state = model(data[start : start + len(targets)], state)
             state = detach(state)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+            # Padding at the end of the last stream is no text: it is never a target.
+            scored = real[start + 1 : start + 1 + len(targets)]
+            loss = F.cross_entropy(logits.float()[scored], targets[scored])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
             optimizer.step()
-            running["bits"] += loss.item() / LN2 * targets.numel()
-            running["tokens"] += targets.numel()
+            characters = int(scored.sum())
+            running["bits"] += loss.item() / LN2 * characters
+            running["tokens"] += characters
             running["seconds"] += time.perf_counter() - began
             bar.set_postfix(
                 bpc=f"{running['bits'] / running['tokens']:.3f}",
@@ -230,6 +240,18 @@ def fit(
         start_window = 0
         began = time.perf_counter()
         val_bpc = bits_per_char(*token_bits(model, val_tokens, cfg.batch_size, cfg.seq_length))
+        if not math.isfinite(val_bpc):  # diverged weights never recover: stop now
+            if not best_weights:
+                raise HypermetaError(
+                    f"{label}: validation bpc is {val_bpc} after epoch {epoch + 1}, so training "
+                    "diverged before any epoch worth keeping; lower the learning rate "
+                    "(--lr or train.lr) or clip gradients harder (a smaller --clip or train.clip)."
+                )
+            print(
+                f"[hypermeta] {label}: validation bpc is {val_bpc} after epoch {epoch + 1} "
+                f"(training diverged); stopping with the best model (val bpc {best_val:.4f})."
+            )
+            break
         row = {
             "epoch": epoch + 1,
             "train_bpc": running["bits"] / max(running["tokens"], 1),
@@ -295,16 +317,17 @@ def generate(
     length: int,
     temperature: float,
     seed: int,
-) -> str:
-    """`prime` followed by `length` sampled characters; the same seed gives the same text."""
+) -> tuple[str, int]:
+    """`prime` followed by `length` sampled characters (the same seed gives the same text),
+    and how many characters of `prime` the model does not know (read as the unknown symbol)."""
     if temperature <= 0:
         raise HypermetaError(f"temperature must be positive (got {temperature}); try 0.5 or 1.0.")
     model.eval()
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
-    context = vocab.encode(from_display(prime) or "\n").tokens.long()
+    context = vocab.encode(from_display(prime) or "\n")
     state = model.initial_state(1, device)
-    logits, state = model(context.view(-1, 1).to(device), state)
+    logits, state = model(context.tokens.long().view(-1, 1).to(device), state)
     sampled = []
     for _ in range(length):
         probabilities = torch.softmax(logits[-1, 0].float().cpu() / temperature, 0)
@@ -312,7 +335,7 @@ def generate(
         token = torch.multinomial(probabilities, 1, generator=generator)
         sampled.append(token.item())
         logits, state = model(token.view(1, 1).to(device), state)
-    return prime + to_display(vocab.decode(sampled))
+    return prime + to_display(vocab.decode(sampled)), context.unknown
 
 
 @torch.no_grad()
@@ -348,8 +371,11 @@ def save_scale_heatmap(scales: Tensor, text: str, path: Path, title: str, units:
 def _samples_text(model: CharLanguageModel, vocab: Vocabulary, cfg: LanguageModelEval) -> str:
     parts = []
     for temperature in cfg.sample_temperatures:
-        text = generate(model, vocab, cfg.sample_prime, cfg.sample_length, temperature, cfg.seed)
-        parts.append(f"--- temperature {temperature} (seed {cfg.seed}) ---\n{text}\n")
+        text, unknown = generate(
+            model, vocab, cfg.sample_prime, cfg.sample_length, temperature, cfg.seed
+        )
+        note = f", prime characters unknown to the model: {unknown}" if unknown else ""
+        parts.append(f"--- temperature {temperature} (seed {cfg.seed}{note}) ---\n{text}\n")
     return "\n".join(parts)
 
 

@@ -123,6 +123,30 @@ def test_bad_folders_get_one_clear_sentence(trained, tmp_path, capsys):
     assert "holds no images" in capsys.readouterr().err
     shutil.rmtree(support / "c")
 
+    # what the layout has no place for is refused, not silently ignored
+    Image.new("L", (40, 30), 255).save(support / "stray.png")
+    assert main(argv) == 2
+    assert capsys.readouterr().err.endswith(
+        f"support folder {support} holds files directly (stray.png); it should hold one "
+        "sub-folder per class, each holding that class's images.\n"
+    )
+    (support / "stray.png").unlink()
+    (support / "a" / "nested").mkdir()
+    assert main(argv) == 2
+    assert f"support class folder {support / 'a'} holds sub-folders (nested)" in (
+        capsys.readouterr().err
+    )
+    (support / "a" / "nested").rmdir()
+    (query / "more").mkdir()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.endswith(
+        f"query folder {query} holds sub-folders (more); it should hold the images to "
+        "classify directly, with no sub-folders.\n"
+    )
+    assert err.count("\n") == 1
+    (query / "more").rmdir()
+
     (query / "broken.png").write_text("not an image")
     assert main(argv) == 2
     err = capsys.readouterr().err

@@ -27,8 +27,17 @@ if TYPE_CHECKING:  # torch loads only when a command runs, keeping `hypermeta --
 HELP = "few-shot tools: predict the classes of query images from a support set"
 
 
+SUPPORT_LAYOUT = "one sub-folder per class, each holding that class's images"
+CLASS_LAYOUT = "the class's images directly, with no sub-folders"
+QUERY_LAYOUT = "the images to classify directly, with no sub-folders"
+
+
 def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def sub_folders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def _folder(path: Path, role: str) -> Path:
@@ -37,20 +46,31 @@ def _folder(path: Path, role: str) -> Path:
     return path
 
 
+def _refuse(folder: Path, role: str, what: str, found: list[Path], layout: str) -> None:
+    """Entries that the layout has no place for would be silently ignored: say so."""
+    if found:
+        names = ", ".join(p.name for p in found[:3]) + (", ..." if len(found) > 3 else "")
+        raise HypermetaError(
+            f"{role} folder {folder} holds {what} ({names}); it should hold {layout}."
+        )
+
+
 def read_support(folder: Path) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     """Class names (sorted sub-folder names), images (S, 1, 28, 28) uint8, labels (S,)."""
     import torch
 
     from hypermeta.data.omniglot import read_image_file
 
-    classes = sorted(p for p in _folder(folder, "support").iterdir() if p.is_dir())
+    classes = sub_folders(_folder(folder, "support"))
+    _refuse(folder, "support", "files directly", image_files(folder), SUPPORT_LAYOUT)
     if len(classes) < 2:
         raise HypermetaError(
             f"support folder {folder} has {len(classes)} class sub-folders; it needs at least "
-            "2, one per class, each holding that class's images."
+            f"2: {SUPPORT_LAYOUT}."
         )
     images, labels = [], []
     for label, class_dir in enumerate(classes):
+        _refuse(class_dir, "support class", "sub-folders", sub_folders(class_dir), CLASS_LAYOUT)
         files = image_files(class_dir)
         if not files:
             raise HypermetaError(f"support class folder {class_dir} holds no images; add some.")
@@ -65,6 +85,7 @@ def read_query(folder: Path) -> tuple[list[str], torch.Tensor]:
     from hypermeta.data.omniglot import read_image_file
 
     files = image_files(_folder(folder, "query"))
+    _refuse(folder, "query", "sub-folders", sub_folders(folder), QUERY_LAYOUT)
     if not files:
         raise HypermetaError(f"query folder {folder} holds no images; add the images to classify.")
     return [f.name for f in files], torch.stack([read_image_file(f) for f in files])

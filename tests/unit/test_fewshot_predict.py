@@ -19,24 +19,42 @@ from hypermeta.engine.fewshot import FewShotEngine, check_ways, episode_logits, 
 from hypermeta.errors import HypermetaError
 from hypermeta.methods.protonet import PrototypicalNetwork
 
+# The methods `predict` is checked with: the reference learner and a gradient learner
+# (MAML, tiny: one inner step), whose answers come from adapting on the support set.
+MODELS = {
+    "protonet": {"hidden": 16},
+    "maml": {"n_way": 5, "width": 8, "inner_steps": 1},
+}
+# Transductive is the strictest case (every query's answer depends on the whole episode);
+# the tests that need just some trained model share this one.
+PROTONET_TRANSDUCTIVE = ("protonet", "transductive")
+
+
+def with_trained(*experiments: tuple[str, str]):
+    """Run the test once per (method, eval.batchnorm), with `trained` built for it."""
+    return pytest.mark.parametrize("trained", experiments, ids="-".join, indirect=True)
+
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A briefly trained ProtoNet whose experiment evaluates with transductive batch norm:
-    the strictest case, where every query's answer depends on the whole episode."""
+def data_dir(tmp_path_factory):
+    return prepared_omniglot_small(tmp_path_factory.mktemp("omniglot"))
+
+
+@pytest.fixture(scope="module")
+def trained(request, data_dir, tmp_path_factory):
+    """A briefly trained (method, eval.batchnorm) experiment, as `with_trained` names."""
     torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("predict")
-    data_dir = prepared_omniglot_small(root)
+    method, batchnorm = request.param
     exp = fewshot_experiment(
         {
-            "method": "protonet",
-            "model": {"hidden": 16},
+            "method": method,
+            "model": MODELS[method],
             "train": {"n_way": 5, "query": 5, "meta_batch": 2, "iterations": 10,
                       "val_every": 10, "val_episodes": 5, "device": "cpu"},
-            "eval": {"batchnorm": "transductive"},
+            "eval": {"batchnorm": batchnorm},
         }
     )  # fmt: skip
-    ctx = stage_context(exp, data_dir, root)
+    ctx = stage_context(exp, data_dir, tmp_path_factory.mktemp(f"{method}-{batchnorm}"))
     FewShotEngine().train(ctx)
     return ctx
 
@@ -46,6 +64,9 @@ def save_png(image: torch.Tensor, path) -> None:
     Image.fromarray((255 - image[0]).numpy()).save(path)
 
 
+@with_trained(
+    PROTONET_TRANSDUCTIVE, ("protonet", "running"), ("maml", "transductive"), ("maml", "running")
+)
 def test_predict_gives_the_evaluators_answers_on_the_same_episode(trained, tmp_path):
     ctx = trained
     learner, saved = load_trained(ctx.model_path)
@@ -53,7 +74,8 @@ def test_predict_gives_the_evaluators_answers_on_the_same_episode(trained, tmp_p
     setting = EpisodeSetting(n_way=5, k_shot=2, query=3)
     index = sampler.fixed_episodes(setting, 1, seed=0)
     episodes = sampler.gather(setting, index)
-    expected = episode_logits(learner, episodes, "transductive")[0].softmax(-1)
+    batchnorm = ctx.experiment.eval.batchnorm
+    expected = episode_logits(learner, episodes, batchnorm)[0].softmax(-1)
 
     raw = sampler.images[index.classes[0].unsqueeze(-1), index.drawings[0]]  # (N, K+Q, 1, H, W)
     for label in range(setting.n_way):
@@ -85,6 +107,7 @@ def test_predict_gives_the_evaluators_answers_on_the_same_episode(trained, tmp_p
     )
 
 
+@with_trained(PROTONET_TRANSDUCTIVE)
 def test_bad_folders_get_one_clear_sentence(trained, tmp_path, capsys):
     support, query = tmp_path / "support", tmp_path / "query"
     for name in ("a", "b"):
@@ -99,6 +122,30 @@ def test_bad_folders_get_one_clear_sentence(trained, tmp_path, capsys):
     assert main(argv) == 2
     assert "holds no images" in capsys.readouterr().err
     shutil.rmtree(support / "c")
+
+    # what the layout has no place for is refused, not silently ignored
+    Image.new("L", (40, 30), 255).save(support / "stray.png")
+    assert main(argv) == 2
+    assert capsys.readouterr().err.endswith(
+        f"support folder {support} holds files directly (stray.png); it should hold one "
+        "sub-folder per class, each holding that class's images.\n"
+    )
+    (support / "stray.png").unlink()
+    (support / "a" / "nested").mkdir()
+    assert main(argv) == 2
+    assert f"support class folder {support / 'a'} holds sub-folders (nested)" in (
+        capsys.readouterr().err
+    )
+    (support / "a" / "nested").rmdir()
+    (query / "more").mkdir()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.endswith(
+        f"query folder {query} holds sub-folders (more); it should hold the images to "
+        "classify directly, with no sub-folders.\n"
+    )
+    assert err.count("\n") == 1
+    (query / "more").rmdir()
 
     (query / "broken.png").write_text("not an image")
     assert main(argv) == 2

@@ -3,6 +3,8 @@ regression engine: meta-gradients against independent references, learning on to
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -155,13 +157,20 @@ def test_maml_and_fomaml_against_the_one_step_meta_gradient_formula():
 
 
 def test_vmapped_and_per_task_inner_loops_agree():
+    """Logits and MAML++'s per-step running statistics, tracked from the same start."""
     model = build("mamlpp", {"image_shape": [1, 16, 16]}, n_way=3, width=4, inner_steps=2)
     episodes = prototype_episodes(torch.Generator().manual_seed(0), 3, 3, 1, 2)
+    initial = copy.deepcopy(model.state_dict())
     model.train()
     vectorized = model.query_logits(episodes)
+    vectorized_statistics = copy.deepcopy(model.running_statistics.state_dict())
+    model.load_state_dict(initial)
     model.config = model.config.model_copy(update={"vectorize": False})
     looped = model.query_logits(episodes)
     torch.testing.assert_close(vectorized, looped, rtol=1e-4, atol=1e-5)
+    for name, value in model.running_statistics.state_dict().items():
+        torch.testing.assert_close(vectorized_statistics[name], value, rtol=1e-4, atol=1e-5)
+        assert not torch.equal(value, initial[f"running_statistics.{name}"]), name
 
 
 def test_chunked_meta_step_takes_the_same_step_as_the_whole_batch():
@@ -246,6 +255,72 @@ def test_mamlpp_anneals_multi_step_loss_and_derivative_order():
     assert model.second_order()
     model.on_iteration(60, 100)
     torch.testing.assert_close(model.step_loss_weights(), torch.tensor([0.0, 0.0, 0.0, 1.0]))
+
+
+def test_mamlpp_per_step_parameters_get_gradients_and_drift_apart():
+    """Per-step inner lrs (LSLR), batch-norm weights (BNWB) and running statistics (BNRS)
+    start equal across steps; second order, every step's entries get a gradient, and a
+    few meta-steps (multi-step loss on: queries predicted after every step) leave each
+    step with its own values."""
+    torch.manual_seed(0)
+    model = build(
+        "mamlpp", {"image_shape": [1, 16, 16]}, n_way=3, width=4, inner_steps=3,
+        first_order_fraction=0.0,
+    )  # fmt: skip
+    model.train()
+    model.on_iteration(0, 100)
+    generator = torch.Generator().manual_seed(0)
+    model.loss(prototype_episodes(generator, 3, 3, 1, 2))[0].backward()
+    assert model.second_order()
+    assert (model.inner_lrs.grad != 0).all()  # every (parameter tensor, step) entry
+    for table in model.per_step_norm:
+        assert (table.grad.flatten(1).abs().sum(1) > 0).all()  # every step's row
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(3):
+        model.meta_step(prototype_episodes(generator, 3, 3, 1, 2), optimizer)
+    for step in range(1, 3):
+        assert not torch.allclose(model.inner_lrs[:, 0], model.inner_lrs[:, step])
+        for table in model.per_step_norm:
+            assert not torch.allclose(table[0], table[step])
+        for running in model.running_statistics:
+            assert not torch.allclose(running.mean[0], running.mean[step])
+            assert not torch.allclose(running.var[0], running.var[step])
+    for running in model.running_statistics:  # every row moved from its start
+        assert (running.mean != 0).any(1).all() and (running.var != 1).any(1).all()
+
+
+def test_mamlpp_running_meta_test_normalises_queries_with_the_last_steps_statistics():
+    """Queries after 2 steps use row 1; the support set keeps its own batch statistics,
+    so row 0 (its step's) plays no part; transductive uses none of them."""
+    torch.manual_seed(0)
+    model = build("mamlpp", {"image_shape": [1, 16, 16]}, n_way=3, width=4, inner_steps=2)
+    generator = torch.Generator().manual_seed(0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    model.train()
+    for _ in range(3):
+        model.meta_step(prototype_episodes(generator, 3, 3, 1, 2), optimizer)
+    episodes = prototype_episodes(generator, 2, 3, 1, 2)
+    others_changed = episodes.query_x.clone()
+    others_changed[:, 1:] = torch.randn_like(others_changed[:, 1:]) * 3
+    changed = Episodes(episodes.support_x, episodes.support_y, others_changed, episodes.query_y, 3)
+    with model.meta_test("running"):
+        running = model.test_logits(episodes)
+        # each query on its own: the other queries do not move its answer
+        torch.testing.assert_close(model.test_logits(changed)[:, 0], running[:, 0])
+    with model.meta_test("transductive"):
+        transductive = model.test_logits(episodes)
+    assert not torch.allclose(running, transductive, atol=1e-3)
+    with torch.no_grad():
+        model.running_statistics[0].var[0].mul_(4)
+    with model.meta_test("running"):
+        torch.testing.assert_close(model.test_logits(episodes), running)
+    with torch.no_grad():
+        model.running_statistics[0].var[1].mul_(4)
+    with model.meta_test("running"):
+        assert not torch.allclose(model.test_logits(episodes), running, atol=1e-3)
+    with model.meta_test("transductive"):
+        torch.testing.assert_close(model.test_logits(episodes), transductive)
 
 
 def sine_context(tmp_path, method: str, **train) -> StageContext:

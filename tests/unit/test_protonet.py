@@ -11,6 +11,7 @@ from fewshot_helpers import fewshot_experiment, prepared_omniglot_small, stage_c
 from torch import nn
 
 from hypermeta.engine.fewshot import FewShotEngine
+from hypermeta.errors import HypermetaError
 from hypermeta.methods.fewshot_base import Episodes
 from hypermeta.methods.protonet import PrototypicalNetwork, prototypes
 from hypermeta.nn.conv4 import Conv4
@@ -73,8 +74,8 @@ def test_protonet_learns_omniglot_small_five_way_one_shot(tmp_path, data_dir):
             "model": {"hidden": 32},
             "train": {"n_way": 20, "k_shot": 1, "query": 5, "meta_batch": 1,
                       "iterations": 100, "val_every": 50, "val_episodes": 20, "device": "cpu"},
-            "eval": {"batchnorm": "running", "settings": [{"n_way": 5, "k_shot": 1}],
-                     "episodes": 100},
+            "eval": {"batchnorm": "running", "also_batchnorm": ["transductive"],
+                     "settings": [{"n_way": 5, "k_shot": 1}], "episodes": 100},
         }
     )  # fmt: skip
     engine, ctx = FewShotEngine(), stage_context(exp, data_dir, tmp_path)
@@ -86,11 +87,21 @@ def test_protonet_learns_omniglot_small_five_way_one_shot(tmp_path, data_dir):
     # chance is 20%; a broken pipeline or prototype rule stays near it
     assert metrics["accuracy_5way_1shot"] >= 0.75, metrics
     assert 0 < metrics["accuracy_5way_1shot_ci95"] < 0.05
+    # the same episodes again, transductive: its own keys, the unsuffixed ones untouched
+    assert metrics["accuracy_5way_1shot_transductive"] >= 0.75, metrics
+    assert 0 < metrics["accuracy_5way_1shot_transductive_ci95"] < 0.05
     paths = engine.visualize(ctx)
     assert [p.name for p in paths] == ["curves.png", "episode.png", "data_split.txt"]
-    assert "by alphabet" in paths[2].read_text() and "batch norm at meta-test: running" in (
-        paths[2].read_text()
-    )
+    split_note = paths[2].read_text()
+    assert "by alphabet" in split_note and "batch norm at meta-test: running" in split_note
+    assert "also transductive on the same episodes (metrics ending _transductive)" in split_note
+
+
+def test_an_extra_batchnorm_regime_may_not_repeat_one_already_evaluated():
+    with pytest.raises(HypermetaError, match="also_batchnorm repeats a regime"):
+        fewshot_experiment(
+            {"method": "protonet", "eval": {"batchnorm": "running", "also_batchnorm": ["running"]}}
+        )
 
 
 def test_interrupted_training_resumes_exactly(tmp_path, data_dir, monkeypatch):

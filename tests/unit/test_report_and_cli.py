@@ -26,6 +26,18 @@ def test_metrics_show_their_interval_and_the_paper_beside():
         "0.72% (Ha 2016 on mnist, not fashion_mnist)",
     )
     assert ("params_total", "5", "") in rows
+    # an extra batch-norm regime's keys carry its suffix and match their own reference
+    regimes = {"accuracy_5way_1shot": 0.9, "accuracy_5way_1shot_ci95": 0.01,
+               "accuracy_5way_1shot_transductive": 0.95,
+               "accuracy_5way_1shot_transductive_ci95": 0.02}  # fmt: skip
+    refs = [
+        Reference(metric=m, value=v, dataset="omniglot", source="Nichol 2018")
+        for m, v in (("accuracy_5way_1shot", 0.9539), ("accuracy_5way_1shot_transductive", 0.9768))
+    ]
+    assert result_rows(regimes, refs, "omniglot") == [
+        ("accuracy_5way_1shot", "90.00% ± 1.00%", "95.39% (Nichol 2018)"),
+        ("accuracy_5way_1shot_transductive", "95.00% ± 2.00%", "97.68% (Nichol 2018)"),
+    ]
     assert format_metric("bpc", {"bpc": 1.3, "bpc_ci95": 0.01}) == "1.3 ± 0.01"
 
 

@@ -5,7 +5,10 @@ seeded meta-batches, calls the learner's `meta_step`, validates on fixed episode
 a resumable checkpoint, and evaluates on a fixed, seeded set of test episodes per
 setting (identical for every method), reporting accuracy mean ± 95% CI half width. How
 batch norm behaves at meta-test (`eval.batchnorm`) has no default: every experiment
-states it, and it is recorded with the results.
+states it, and it is recorded with the results. `eval.also_batchnorm` evaluates the same
+trained model on the same episodes under further regimes (Reptile's paper reports both),
+their metrics suffixed with the regime (`accuracy_5way_1shot_transductive`), so the
+unsuffixed keys always mean `eval.batchnorm`.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from hypermeta.atomic import torch_save, write_json, write_text
 from hypermeta.config import Experiment, StrictModel
@@ -60,6 +63,9 @@ class EvalSetting(StrictModel):
 
 class FewShotEval(StrictModel):
     batchnorm: BatchNormMode = Field(description="batch-norm statistics at meta-test")
+    also_batchnorm: list[BatchNormMode] = Field(
+        [], description="further regimes on the same episodes; metrics end in _<regime>"
+    )
     settings: list[EvalSetting] = [
         EvalSetting(n_way=5, k_shot=1),
         EvalSetting(n_way=5, k_shot=5),
@@ -70,6 +76,17 @@ class FewShotEval(StrictModel):
     episodes: int = Field(600, gt=0, description="fixed test episodes per setting")
     seed: int = Field(0, description="seeds the test episodes; same for every method")
     meta_batch: int = Field(25, gt=0, description="test episodes per forward pass")
+
+    @model_validator(mode="after")
+    def _regimes_differ(self) -> FewShotEval:
+        regimes = [self.batchnorm, *self.also_batchnorm]
+        if len(set(regimes)) != len(regimes):
+            raise ValueError(f"also_batchnorm repeats a regime already evaluated: {regimes}")
+        return self
+
+    def regimes(self) -> list[tuple[BatchNormMode, str]]:
+        """(batch-norm regime, metric-key suffix): the primary one unsuffixed."""
+        return [(self.batchnorm, ""), *((mode, f"_{mode}") for mode in self.also_batchnorm)]
 
 
 def split_sampler(data_dir: Path, split: str, info: dict, device: torch.device) -> EpisodeSampler:
@@ -122,9 +139,13 @@ def describe_split(manifest: dict[str, Any], exp: Experiment) -> str:
         alphabets = ", ".join(manifest.get("split_alphabets", {}).get(split, []))
         lines.append(f"  {split}: {characters} characters, {classes} classes; {alphabets}")
     settings = ", ".join(f"{s.n_way}-way {s.k_shot}-shot" for s in cfg.settings)
+    also = "".join(
+        f"; also {mode} on the same episodes (metrics ending {suffix})"
+        for mode, suffix in cfg.regimes()[1:]
+    )
     lines.append(
         f"test: {cfg.episodes} fixed episodes per setting (seed {cfg.seed}, {cfg.query} "
-        f"queries per class): {settings}; batch norm at meta-test: {cfg.batchnorm}"
+        f"queries per class): {settings}; batch norm at meta-test: {cfg.batchnorm}{also}"
     )
     return "\n".join(lines) + "\n"
 
@@ -264,13 +285,18 @@ class FewShotEngine(Engine):
                 continue
             sampler.check(setting, f"experiments.{exp.name}.eval.settings")
             index = sampler.fixed_episodes(setting, cfg.episodes, cfg.seed)
-            accuracies = episode_accuracies(
-                learner, sampler, setting, index, cfg.batchnorm, cfg.meta_batch, exp.train.amp
-            )
-            mean, half = mean_interval(accuracies, 0.95)
-            metrics[f"accuracy_{setting.name}"] = mean
-            metrics[f"accuracy_{setting.name}_ci95"] = half  # the report's half-width key
-            print(f"[hypermeta] {exp.name} {setting.name}: {100 * mean:.2f} ± {100 * half:.2f}%")
+            for batchnorm, suffix in cfg.regimes():
+                accuracies = episode_accuracies(
+                    learner, sampler, setting, index, batchnorm, cfg.meta_batch, exp.train.amp
+                )
+                mean, half = mean_interval(accuracies, 0.95)
+                key = f"accuracy_{setting.name}{suffix}"
+                metrics[key] = mean
+                metrics[f"{key}_ci95"] = half  # the report's half-width key
+                print(
+                    f"[hypermeta] {exp.name} {setting.name} ({batchnorm} batch norm): "
+                    f"{100 * mean:.2f} ± {100 * half:.2f}%"
+                )
         return metrics
 
     def visualize(self, ctx: StageContext) -> list[Path]:

@@ -7,15 +7,17 @@ shaped like the target's parameters, run through `torch.func.functional_call`. T
 inner gradient is `torch.func.grad`; the tasks of a meta-batch are vectorised with
 `torch.func.vmap` (a per-task loop gives the same numbers, `vectorize: false`).
 
-Batch norm never keeps running statistics here (`nn/batch_stat_norm.py`): it always
-normalises with the statistics of the batch it is given, which is what lets vmap run
-over tasks. At meta-test the engine says which batch that is for the queries, through
+Batch-norm layers keep no running statistics (`nn/batch_stat_norm.py`): they normalise
+with the statistics of the batch they are given, which is what lets vmap run over tasks.
+At meta-test the engine says which batch that is for the queries, through
 `meta_test(batchnorm)` (the few-shot engine's `eval.batchnorm`, recorded with every
 result): `transductive` normalises all queries of a task together (MAML's protocol);
 the non-transductive mode (`running` in the engine's vocabulary: each query classified
 on its own) normalises each query with the support set plus itself only, Nichol et al.
 (2018)'s non-transductive protocol, since these learners have no running statistics.
-Meta-training always normalises the query batch together.
+MAML++ is the exception: it keeps per-step running statistics of the queries itself and
+normalises queries with them in that mode (mamlpp.py). Meta-training always normalises
+the query batch together.
 
 Engine contract (the few-shot engine's, FewShotLearner's docstring): `on_iteration(i,
 total)` before every meta-step (MAML++ anneals with it), `meta_step`, then `meta_test` +
@@ -27,7 +29,7 @@ engine's `train.lr_schedule: cosine`, in both the few-shot and regression engine
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import partial
 from typing import Any
 
@@ -43,7 +45,12 @@ from hypermeta.methods import register
 from hypermeta.methods.base import MethodSpec
 from hypermeta.methods.fewshot_base import Episodes, FewShotLearner
 from hypermeta.nn import MLP, Conv4
-from hypermeta.nn.batch_stat_norm import BatchStatNorm, use_batch_statistics
+from hypermeta.nn.batch_stat_norm import (
+    BatchStatNorm,
+    recorded_statistics,
+    stacked_statistics,
+    use_batch_statistics,
+)
 
 Weights = dict[str, torch.Tensor]
 
@@ -79,7 +86,8 @@ def build_target(config: GradientMetaConfig, data_info: dict[str, Any]) -> nn.Mo
 class GradientMetaLearner(FewShotLearner):
     """The shared machinery: a target network, an inner loop producing fast-weight dicts,
     and query predictions after any number of inner steps. Subclasses change the update
-    (`inner_update`), the weights a step runs with (`step_weights`) or the outer loss."""
+    (`inner_update`), the weights a step runs with (`step_weights`), the outer loss, or
+    keep running batch-norm statistics (`keeps_running_statistics`, `track_statistics`)."""
 
     def __init__(self, target: nn.Module, config: GradientMetaConfig, task: str) -> None:
         super().__init__()
@@ -90,6 +98,10 @@ class GradientMetaLearner(FewShotLearner):
         self.max_way = config.n_way if task == "classification" else None
         self.ways = config.n_way  # of the episodes being processed: head columns used
         self.transductive = True  # how queries are normalised at meta-test (meta_test)
+
+    # A learner that keeps running batch-norm statistics (MAML++) sets this: meta-training
+    # then records the statistics of every query forward for its `track_statistics`.
+    keeps_running_statistics = False
 
     # ---- what subclasses vary -------------------------------------------------------
     def adapted_parameters(self) -> Weights:
@@ -108,6 +120,11 @@ class GradientMetaLearner(FewShotLearner):
 
     def second_order(self) -> bool:
         return self.training and not self.config.first_order
+
+    def track_statistics(self, statistics: Weights, predicted_after: tuple[int, ...]) -> None:
+        """Fold the batch statistics a meta-batch's query forwards normalised with, after
+        each of `predicted_after` inner steps ((tasks, len(predicted_after), C) per name),
+        into running estimates. Called only for `keeps_running_statistics` learners."""
 
     # ---- the functional inner loop --------------------------------------------------
     def task_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -161,13 +178,17 @@ class GradientMetaLearner(FewShotLearner):
         query_x: torch.Tensor,
         steps: int,
         predict_at: tuple[int, ...],
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, Weights]:
+        """Query outputs after each of `predict_at` inner steps and, when meta-training a
+        learner that keeps running statistics, the batch statistics those query forwards
+        normalised with (returned, not stored: this runs under vmap)."""
         path = self.trajectory(params, support_x, support_y, steps)
-        # The query after s updates runs with the per-step weights of the last step taken,
-        # s - 1 (MAML++'s indexing; no step taken: step 0's).
-        return torch.stack(
-            [self.predict(path[s], support_x, query_x, max(s - 1, 0)) for s in predict_at]
-        )
+        record = self.training and self.keeps_running_statistics
+        with recorded_statistics(self.target) if record else nullcontext({}) as recorded:
+            predictions = torch.stack(
+                [self.predict(path[s], support_x, query_x, query_step(s)) for s in predict_at]
+            )
+        return predictions, stacked_statistics(recorded)
 
     def over_tasks(
         self, function, params: Weights, *batched: torch.Tensor, params_per_task: bool = False
@@ -181,9 +202,7 @@ class GradientMetaLearner(FewShotLearner):
         for index, task in enumerate(zip(*batched, strict=True)):
             task_params = {n: w[index] for n, w in params.items()} if params_per_task else params
             results.append(function(task_params, *task))
-        if isinstance(results[0], dict):
-            return {name: torch.stack([r[name] for r in results]) for name in results[0]}
-        return torch.stack(results)
+        return stack_tasks(results)
 
     def take_ways(self, episodes: Episodes) -> None:
         """Use the head's first `episodes.n_way` columns; more than the head is an error."""
@@ -205,14 +224,17 @@ class GradientMetaLearner(FewShotLearner):
             if not self.training and self.config.eval_inner_steps:
                 steps = self.config.eval_inner_steps
         self.take_ways(episodes)
-        function = partial(self._task_predictions, steps=steps, predict_at=predict_at or (steps,))
-        out = self.over_tasks(
+        predict_at = predict_at or (steps,)
+        function = partial(self._task_predictions, steps=steps, predict_at=predict_at)
+        out, statistics = self.over_tasks(
             function,
             self.adapted_parameters(),
             episodes.support_x,
             episodes.support_y,
             episodes.query_x,
         )
+        if statistics:
+            self.track_statistics(statistics, predict_at)
         return out.transpose(0, 1)
 
     def query_logits(self, episodes: Episodes) -> torch.Tensor:
@@ -263,8 +285,10 @@ class GradientMetaLearner(FewShotLearner):
 
     @contextmanager
     def meta_test(self, batchnorm: str) -> Iterator[None]:
-        """Evaluation mode; queries normalised together (`transductive`) or each with the
-        support set only (any other mode, e.g. the engine's `running`). Restores after."""
+        """Evaluation mode; queries normalised together (`transductive`) or, in any other
+        mode (the engine's `running`), each with the support set only, or with the running
+        statistics of a learner that keeps them. The support set always normalises with
+        its own statistics. Restores the modes after."""
         was_training, was_transductive = self.training, self.transductive
         self.eval()
         self.transductive = batchnorm == "transductive"
@@ -273,6 +297,23 @@ class GradientMetaLearner(FewShotLearner):
         finally:
             self.transductive = was_transductive
             self.train(was_training)
+
+
+def query_step(updates: int) -> int:
+    """The inner step whose per-step weights the queries run with after `updates` inner
+    updates: the last step taken, updates - 1 (MAML++'s indexing; none taken: step 0's)."""
+    return max(updates - 1, 0)
+
+
+def stack_tasks(results: list[Any]) -> Any:
+    """Per-task results (tensors, or dicts and tuples of them) stacked along a new first
+    dimension, as vmap returns them."""
+    first = results[0]
+    if isinstance(first, tuple):
+        return tuple(stack_tasks(list(parts)) for parts in zip(*results, strict=True))
+    if isinstance(first, dict):
+        return {name: torch.stack([r[name] for r in results]) for name in first}
+    return torch.stack(results)
 
 
 class MAML(GradientMetaLearner):

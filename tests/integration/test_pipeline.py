@@ -131,12 +131,35 @@ def test_quick_pipeline_end_to_end_with_snakemake(project):
         metrics = json.loads((root / "metrics" / name / "metrics.json").read_text())
         assert metrics["profile"] == "quick" and metrics["mlflow_run_id"]
         assert list((root / "plots" / name).glob("*.png"))
-    for name in ("cnn", "hypercnn"):  # Fashion-MNIST, 10 classes: chance is 10%
-        metrics = json.loads((root / "metrics" / name / "metrics.json").read_text())
-        assert metrics["test_accuracy"] > 0.8, (name, metrics["test_accuracy"])
+    check_quick_results(root)
     page = (root / "reports" / "index.html").read_text()
     assert page.count("data:image/png;base64,") >= 4 and "0.72%" in page
     assert "hypernet_mnist" in (root / "reports" / "report.md").read_text()
+
+
+def check_quick_results(root: Path) -> None:
+    """Each method learns its quick task far above chance; the issues' floors hold."""
+
+    def metrics(name: str) -> dict:
+        return json.loads((root / "metrics" / name / "metrics.json").read_text())
+
+    for name in ("cnn", "hypercnn"):  # Fashion-MNIST, 10 classes: chance is 10%
+        assert metrics(name)["test_accuracy"] > 0.8, name
+    floors = {"protonet_omniglot": 0.90, "maml_omniglot": 0.85}  # issue 3's floors
+    for name in ("fomaml_omniglot", "mamlpp_omniglot", "metasgd_omniglot", "reptile_omniglot"):
+        floors[name] = 0.5  # 5-way: chance is 20%
+    for name, floor in floors.items():
+        assert metrics(name)["accuracy_5way_1shot"] >= floor, (name, metrics(name))
+    for name in ("maml_sine", "metasgd_sine"):  # one adapted step beats the pretrained net's
+        result = metrics(name)
+        assert result["mse_k10"] < 0.6 * result["baseline_mse_k10_step1"], (name, result)
+    for name in ("lstm_char", "lnlstm_char", "hyperlstm_char", "lnhyperlstm_char"):
+        result = metrics(name)
+        assert result["test_bpc"] < 0.8 * result["unigram_bpc"], (name, result)
+    hnet, finetune = metrics("hnet_permuted"), metrics("finetune_permuted")
+    # issue 5's quick targets: HNET keeps old tasks where fine-tuning forgets them
+    assert hnet["cl1_average_accuracy"] >= finetune["cl1_average_accuracy"] + 0.15
+    assert abs(hnet["cl1_backward_transfer"]) <= 0.02, hnet["cl1_backward_transfer"]
 
 
 def test_engines_agree_after_snakemake(project):

@@ -150,6 +150,7 @@ def check_quick_results(root: Path) -> None:
         floors[name] = 0.5  # 5-way: chance is 20%
     for name, floor in floors.items():
         assert metrics(name)["accuracy_5way_1shot"] >= floor, (name, metrics(name))
+    assert metrics("maml_omniglot_20way")["accuracy_20way_1shot"] >= 0.3  # chance: 5%
     for name in ("maml_sine", "metasgd_sine"):  # one adapted step beats the pretrained net's
         result = metrics(name)
         assert result["mse_k10"] < 0.6 * result["baseline_mse_k10_step1"], (name, result)

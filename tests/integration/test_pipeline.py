@@ -226,7 +226,7 @@ def test_runs_are_reviewable_through_a_real_mlflow_server(project):
 
 
 def test_dvc_repro_reruns_exactly_the_edited_experiment(project):
-    project.edit_params("hypercnn", lr=0.002)
+    project.edit_params("hypercnn", lr=0.002, max_train_examples=5000)  # short epochs
     planned_by_snakemake = snakemake_jobs(project.run("snakemake", "-n", "--cores", "2"))
     ran = dvc_ran(project.run(sys.executable, "-m", "dvc", "repro"))
     assert ran == {"train@hypercnn", "evaluate@hypercnn", "visualize@hypercnn", "report"}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -133,20 +132,32 @@ def mark_finished_command(stage: str) -> str:
 
 
 def commit(stages: list[str], attempts: int = 60) -> None:
-    """Record finished stages in dvc.lock, in one DVC process (its start-up is slow);
-    retried while another DVC command holds the repository lock. `--no-relink` keeps the
+    """Record finished stages in dvc.lock, as `dvc commit --force --no-relink` would, but
+    loading the DAG and writing dvc.lock once for all of them (`dvc commit` re-parses and
+    rewrites the whole lock file per stage: 1.7 minutes for the quick profile's 79).
+    Retried while another DVC command holds the repository lock. Not relinking keeps the
     outputs' files, and so their dates, which Snakemake's rerun decisions rest on."""
+    from itertools import groupby
+
+    from dvc.lock import LockError
+    from dvc.repo import Repo, lock_repo
+
     for _ in range(attempts):
-        result = subprocess.run(
-            [sys.executable, "-m", "dvc", "commit", "--force", "--no-relink", "--quiet", *stages],
-            capture_output=True,
-            text=True,
-        )
-        if result.returncode == 0:
+        try:
+            with Repo(".") as repo, lock_repo(repo):
+                wanted = set(stages)
+                found = [stage for stage in repo.index.stages if stage.addressing in wanted]
+                missing = wanted - {stage.addressing for stage in found}
+                if missing:
+                    sys.exit(f"dvc commit: no stage named {sorted(missing)} in dvc.yaml.")
+                for stage in found:
+                    stage.save()
+                    stage.commit(relink=False)
+                for dvcfile, group in groupby(found, key=lambda stage: stage.dvcfile):
+                    dvcfile.dump_stages(list(group), update_pipeline=False)
             return
-        if "lock" not in (result.stderr + result.stdout).lower():
-            sys.exit(f"dvc commit failed: {result.stderr.strip() or result.stdout.strip()}")
-        time.sleep(1)
+        except LockError:
+            time.sleep(1)
     sys.exit("dvc commit: the DVC repository stayed locked; run `dvc commit` later.")
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from hypermeta import repo_root
 from hypermeta.atomic import write_text
-from hypermeta.config import Params, Reference, resolve
+from hypermeta.config import Experiment, Params, Reference, resolve
 from hypermeta.engine import get_engine
 from hypermeta.errors import HypermetaError
 from hypermeta.tracking import git_commit
@@ -74,7 +74,9 @@ def read_metrics(experiment: str) -> dict[str, Any]:
 
 
 def summary_rows(
-    experiments: list[Any], results: dict[str, dict[str, Any]], references: dict[str, list]
+    experiments: list[Experiment],
+    results: dict[str, dict[str, Any]],
+    references: dict[str, list[Reference]],
 ) -> list[tuple[str, str, str, str]]:
     """One row per published number: the experiment, the metric, ours, the paper's."""
     rows = []

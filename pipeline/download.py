@@ -2,6 +2,6 @@
 
 import sys
 
-from hypermeta.cli import main
+from hypermeta.cli import run_stage
 
-sys.exit(main(["download", *sys.argv[1:]]))
+run_stage(["download", *sys.argv[1:]])

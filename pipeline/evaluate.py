@@ -5,6 +5,6 @@ Usage: python pipeline/evaluate.py EXPERIMENT
 
 import sys
 
-from hypermeta.cli import main
+from hypermeta.cli import run_stage
 
-sys.exit(main(["evaluate", *sys.argv[1:]]))
+run_stage(["evaluate", *sys.argv[1:]])

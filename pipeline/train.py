@@ -5,6 +5,6 @@ Usage: python pipeline/train.py EXPERIMENT
 
 import sys
 
-from hypermeta.cli import main
+from hypermeta.cli import run_stage
 
-sys.exit(main(["train", *sys.argv[1:]]))
+run_stage(["train", *sys.argv[1:]])

@@ -5,6 +5,6 @@ Usage: python pipeline/visualize.py EXPERIMENT
 
 import sys
 
-from hypermeta.cli import main
+from hypermeta.cli import run_stage
 
-sys.exit(main(["visualize", *sys.argv[1:]]))
+run_stage(["visualize", *sys.argv[1:]])

@@ -158,7 +158,9 @@ def test_maml_and_fomaml_against_the_one_step_meta_gradient_formula():
 
 def test_vmapped_and_per_task_inner_loops_agree():
     """Logits and MAML++'s per-step running statistics, tracked from the same start."""
-    model = build("mamlpp", {"image_shape": [1, 16, 16]}, n_way=3, width=4, inner_steps=2)
+    model = build(
+        "mamlpp", {"image_shape": [1, 16, 16]}, n_way=3, width=4, inner_steps=2, vectorize=True
+    )
     episodes = prototype_episodes(torch.Generator().manual_seed(0), 3, 3, 1, 2)
     initial = copy.deepcopy(model.state_dict())
     model.train()

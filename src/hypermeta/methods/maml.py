@@ -7,9 +7,10 @@ shaped like the target's parameters, run through `torch.func.functional_call`. T
 inner gradient is `torch.func.grad`; the tasks of a meta-batch are vectorised with
 `torch.func.vmap`, except a convolutional target on a CPU, which loops over them
 (`vectorize`, same numbers either way): vmap turns per-task conv weights into grouped
-convolutions, slow on a CPU (quick profile, 2 cores: Reptile's evaluation 80 s vmapped,
-26 s looped; MAML's training 56 s and 49 s), while the sine MLP gains from it (MAML's
-training 10 s vmapped, 67 s looped).
+convolutions, slow on a CPU (quick pipeline, 2 cores: Reptile's evaluation 80 s
+vmapped, 55 s looped, MAML's 35 s and 22 s; meta-training about even at quick size and
+1.8x faster looped at meta-batch 32, benchmarks/bench_maml.py), while the sine MLP
+gains from it (MAML's training 10 s vmapped, 67 s looped).
 
 Batch-norm layers keep no running statistics (`nn/batch_stat_norm.py`): they normalise
 with the statistics of the batch they are given, which is what lets vmap run over tasks.

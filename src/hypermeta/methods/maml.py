@@ -4,13 +4,14 @@ the functional inner loop every gradient-based meta-learner here shares.
 In the spirit of learn2learn's maml.py: one functional update, thin wrappers. Fast
 weights are the project's one weight mechanism (DESIGN.md): a dict of named tensors
 shaped like the target's parameters, run through `torch.func.functional_call`. The
-inner gradient is `torch.func.grad`; the tasks of a meta-batch are vectorised with
-`torch.func.vmap`, except a convolutional target on a CPU, which loops over them
-(`vectorize`, same numbers either way): vmap turns per-task conv weights into grouped
-convolutions, slow on a CPU (quick pipeline, 2 cores: Reptile's evaluation 80 s
-vmapped, 55 s looped, MAML's 35 s and 22 s; meta-training about even at quick size and
-1.8x faster looped at meta-batch 32, benchmarks/bench_maml.py), while the sine MLP
-gains from it (MAML's training 10 s vmapped, 67 s looped).
+tasks of a meta-batch are vectorised with `torch.func.vmap` (inner gradients by
+`torch.func.grad`), except a convolutional target on a CPU, which loops over them with
+`torch.autograd.grad` (`vectorize`, same numbers either way): vmap turns per-task conv
+weights into grouped convolutions, slow on a CPU (quick pipeline, 2 cores: Reptile's
+evaluation 80 s vmapped, 55 s looped, MAML's 35 s vmapped, 22 s looped with
+torch.func.grad and 17 s with autograd; meta-training 1.8x faster looped at meta-batch
+32, benchmarks/bench_maml.py), while the sine MLP gains from it (MAML's training 10 s
+vmapped, 67 s looped).
 
 Batch-norm layers keep no running statistics (`nn/batch_stat_norm.py`): they normalise
 with the statistics of the batch they are given, which is what lets vmap run over tasks.
@@ -107,6 +108,7 @@ class GradientMetaLearner(FewShotLearner):
         self.max_way = config.n_way if task == "classification" else None
         self.ways = config.n_way  # of the episodes being processed: head columns used
         self.transductive = True  # how queries are normalised at meta-test (meta_test)
+        self._vmapping = False  # inside over_tasks' vmap: inner gradients by torch.func
 
     # A learner that keeps running batch-norm statistics (MAML++) sets this: meta-training
     # then records the statistics of every query forward for its `track_statistics`.
@@ -158,12 +160,30 @@ class GradientMetaLearner(FewShotLearner):
         keep_graph = self.second_order()
         fast, path = params, [params]
         for step in range(steps):
-            grads = grad(self._support_loss)(fast, support_x, support_y, step)
-            if not keep_graph:
-                grads = {name: g.detach() for name, g in grads.items()}
+            grads = self._inner_gradients(fast, support_x, support_y, step, keep_graph)
             fast = self.inner_update(fast, grads, step)
             path.append(fast)
         return path
+
+    def _inner_gradients(
+        self, fast: Weights, x: torch.Tensor, y: torch.Tensor, step: int, keep_graph: bool
+    ) -> Weights:
+        """∇ of the support loss at `fast`. Under vmap that takes `torch.func.grad`; a
+        plain loop over tasks uses `torch.autograd.grad`, the same numbers without
+        functorch's per-operation wrapping (and without importing torch._dynamo, about
+        1.4 s of every pipeline job that adapts)."""
+        if self._vmapping:
+            grads = grad(self._support_loss)(fast, x, y, step)
+            return grads if keep_graph else {n: g.detach() for n, g in grads.items()}
+        with torch.enable_grad():  # meta-test adapts under no_grad
+            start = {
+                n: w if w.requires_grad else w.detach().requires_grad_() for n, w in fast.items()
+            }
+            loss = self._support_loss(start, x, y, step)
+            grads = torch.autograd.grad(
+                loss, list(start.values()), create_graph=keep_graph, materialize_grads=True
+            )
+        return dict(zip(start, grads, strict=True))
 
     def predict(
         self, fast: Weights, support_x: torch.Tensor, query_x: torch.Tensor, step: int
@@ -209,7 +229,11 @@ class GradientMetaLearner(FewShotLearner):
             vectorize = not self.has_convolutions or next(iter(params.values())).is_cuda
         if vectorize:
             in_dims = (0 if params_per_task else None,) + (0,) * len(batched)
-            return vmap(function, in_dims=in_dims)(params, *batched)
+            self._vmapping = True
+            try:
+                return vmap(function, in_dims=in_dims)(params, *batched)
+            finally:
+                self._vmapping = False
         results = []
         for index, task in enumerate(zip(*batched, strict=True)):
             task_params = {n: w[index] for n, w in params.items()} if params_per_task else params

@@ -8,10 +8,10 @@ tasks of a meta-batch are vectorised with `torch.func.vmap` (inner gradients by
 `torch.func.grad`), except a convolutional target on a CPU, which loops over them with
 `torch.autograd.grad` (`vectorize`, same numbers either way): vmap turns per-task conv
 weights into grouped convolutions, slow on a CPU (quick pipeline, 2 cores: Reptile's
-evaluation 80 s vmapped, 55 s looped, MAML's 35 s vmapped, 22 s looped with
-torch.func.grad and 17 s with autograd; meta-training 1.8x faster looped at meta-batch
-32, benchmarks/bench_maml.py), while the sine MLP gains from it (MAML's training 10 s
-vmapped, 67 s looped).
+evaluation 80 s vmapped, 55 s looped, MAML's 35 s and 22 s; the whole MAML evaluation
+job 27.7 s looped with torch.func.grad, 20.6 s with autograd; meta-training 1.8x faster
+looped at meta-batch 32, benchmarks/bench_maml.py), while the sine MLP gains from vmap
+(MAML's training 10 s vmapped, 67 s looped).
 
 Batch-norm layers keep no running statistics (`nn/batch_stat_norm.py`): they normalise
 with the statistics of the batch they are given, which is what lets vmap run over tasks.

@@ -10,7 +10,8 @@ import torch
 from fewshot_helpers import fewshot_experiment, prepared_omniglot_small, stage_context
 from torch import nn
 
-from hypermeta.engine.fewshot import FewShotEngine
+from hypermeta.data.episodes import EpisodeSampler, EpisodeSetting
+from hypermeta.engine.fewshot import FewShotEngine, episode_accuracies
 from hypermeta.errors import HypermetaError
 from hypermeta.methods.fewshot_base import Episodes
 from hypermeta.methods.protonet import PrototypicalNetwork, prototypes
@@ -59,6 +60,28 @@ def test_transductive_meta_test_uses_batch_statistics_and_leaves_running_ones():
     learner.train()
     reference = learner.query_logits(episodes).detach()
     assert torch.allclose(transductive, reference, atol=1e-5)
+
+
+def test_evaluation_encoding_each_image_once_equals_encoding_per_episode():
+    torch.manual_seed(0)
+    learner = PrototypicalNetwork(Conv4(hidden=8))
+    learner.train()
+    for _ in range(3):  # running statistics away from their initial values
+        learner.encoder(torch.randn(16, 1, 28, 28) * 2 + 0.5)
+    images = torch.randint(0, 256, (12, 6, 1, 28, 28), dtype=torch.uint8)
+    sampler = EpisodeSampler(images, mean=0.2, std=0.3)
+    setting = EpisodeSetting(n_way=5, k_shot=2, query=3)
+    index = sampler.fixed_episodes(setting, 8, seed=0)
+    with learner.meta_test("transductive"):
+        assert learner.image_encoder() is None  # batch statistics: per episode only
+    with learner.meta_test("running"):
+        per_episode = learner.test_logits(sampler.gather(setting, index))
+        features = sampler.encoded(learner.image_encoder())
+        once = learner.feature_logits(features.gather(setting, index))
+    assert torch.allclose(once, per_episode, atol=1e-4)
+    expected = (per_episode.argmax(-1) == sampler.gather(setting, index).query_y).float().mean(1)
+    accuracies = episode_accuracies(learner, sampler, setting, index, "running", 3, amp=False)
+    assert torch.equal(accuracies, expected)
 
 
 @pytest.fixture(scope="module")

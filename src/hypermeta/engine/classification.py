@@ -18,7 +18,7 @@ from hypermeta.data.prepare import load_manifest, load_split
 from hypermeta.engine import register
 from hypermeta.engine.base import Engine, StageContext
 from hypermeta.engine.checkpoint import Checkpointer
-from hypermeta.engine.device import DeviceName, autocast, resolve_device
+from hypermeta.engine.device import DeviceName, adam, autocast, resolve_device
 from hypermeta.errors import HypermetaError
 from hypermeta.hyper import effective_parameters, parameter_cost
 from hypermeta.methods import get_method
@@ -109,7 +109,7 @@ class ClassificationEngine(Engine):
 
         torch.manual_seed(cfg.seed)
         model = build_model(exp.section, info).to(device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = adam(model.parameters(), cfg.lr, cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_decay)
         checkpointer = Checkpointer(ctx.checkpoint_path, exp.params_hash)
         history: list[dict[str, float]] = []

@@ -33,7 +33,7 @@ from hypermeta.data.prepare import load_manifest, load_split
 from hypermeta.engine import register
 from hypermeta.engine.base import Engine, StageContext
 from hypermeta.engine.checkpoint import Checkpointer
-from hypermeta.engine.device import DeviceName, resolve_device
+from hypermeta.engine.device import DeviceName, adam, resolve_device
 from hypermeta.errors import HypermetaError
 from hypermeta.methods import get_method
 from hypermeta.progress import progress
@@ -173,7 +173,7 @@ def train_sequences(
         run = runs[-1]
         first_task = position[1] if resuming else 0
         for task in range(first_task, cfg.num_tasks):
-            optimizer = torch.optim.Adam(learner.parameters(), lr=cfg.lr)
+            optimizer = adam(learner.parameters(), cfg.lr)
             first_iteration = position[2] if resuming and task == position[1] else 0
             if first_iteration:
                 optimizer.load_state_dict(state["optimizer"])

@@ -30,7 +30,7 @@ from hypermeta.engine import register
 from hypermeta.engine.base import Engine, StageContext
 from hypermeta.engine.checkpoint import Checkpointer
 from hypermeta.engine.classification import build_model, load_trained
-from hypermeta.engine.device import DeviceName, autocast, resolve_device
+from hypermeta.engine.device import DeviceName, adam, autocast, resolve_device
 from hypermeta.errors import HypermetaError
 from hypermeta.methods.fewshot_base import BatchNormMode, Episodes, FewShotLearner
 from hypermeta.progress import progress
@@ -204,7 +204,7 @@ class FewShotEngine(Engine):
             f"experiments.{exp.name}.train.n_way",
             "make it agree with n_way in the model section",
         )
-        optimizer = torch.optim.Adam(learner.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = adam(learner.parameters(), cfg.lr, cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(cfg, i))
         checkpointer = Checkpointer(ctx.checkpoint_path, exp.params_hash)
         history: list[dict[str, float]] = []

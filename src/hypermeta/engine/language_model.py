@@ -33,7 +33,7 @@ from hypermeta.engine import register
 from hypermeta.engine.base import Engine, StageContext
 from hypermeta.engine.checkpoint import Checkpointer
 from hypermeta.engine.classification import build_model
-from hypermeta.engine.device import DeviceName, autocast, resolve_device
+from hypermeta.engine.device import DeviceName, adam, autocast, resolve_device
 from hypermeta.errors import HypermetaError
 from hypermeta.hyper.hyperlstm import GATES, HyperLSTM
 from hypermeta.nn.lstm import CharLanguageModel, State
@@ -166,7 +166,7 @@ def fit(
     data, real = streams(train_tokens, cfg.batch_size)
     data, real = data.to(device), real.to(device)
     windows = list(range(0, data.shape[0] - 1, cfg.seq_length))
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = adam(model.parameters(), cfg.lr)
     history: list[dict[str, float]] = []
     best_val, best_weights, stale = math.inf, {}, 0
     start_epoch, start_window, resumed_state = 0, 0, None

@@ -36,7 +36,7 @@ from hypermeta.engine import register
 from hypermeta.engine.base import Engine, StageContext
 from hypermeta.engine.checkpoint import Checkpointer
 from hypermeta.engine.classification import build_model, load_trained
-from hypermeta.engine.device import DeviceName, resolve_device
+from hypermeta.engine.device import DeviceName, adam, resolve_device
 from hypermeta.errors import HypermetaError
 from hypermeta.methods.fewshot_base import Episodes
 from hypermeta.methods.maml import MAML, GradientMetaLearner
@@ -118,8 +118,8 @@ class RegressionEngine(Engine):
         torch.manual_seed(cfg.seed)
         learner: GradientMetaLearner = build_model(exp.section, info).to(device)
         baseline = pretrained_baseline(info, learner).to(device)
-        optimizer = torch.optim.Adam(learner.parameters(), lr=cfg.outer_lr)
-        baseline_optimizer = torch.optim.Adam(baseline.parameters(), lr=cfg.outer_lr)
+        optimizer = adam(learner.parameters(), cfg.outer_lr)
+        baseline_optimizer = adam(baseline.parameters(), cfg.outer_lr)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(cfg, i))
         tasks = torch.Generator().manual_seed(cfg.seed)
         _, val = evaluation_tasks(cfg.val_tasks, cfg.k_shot, 100, seed=cfg.seed + 1)

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import torch
 
-from hypermeta.viz import _save, plt
+from hypermeta.viz import _save, pyplot
 
 
 def save_accuracy_matrix(matrix: torch.Tensor, path: Path, title: str) -> Path:
     """Heatmap of R[i, j] (row: tasks trained so far, column: task tested), in %."""
     tasks = len(matrix)
-    figure, ax = plt.subplots(figsize=(1.0 + 0.55 * tasks, 0.8 + 0.5 * tasks))
+    figure, ax = pyplot().subplots(figsize=(1.0 + 0.55 * tasks, 0.8 + 0.5 * tasks))
     image = ax.imshow(100 * matrix, cmap="viridis", vmin=0, vmax=100)
     for i in range(tasks):
         for j in range(tasks):
@@ -32,7 +32,7 @@ def save_accuracy_matrix(matrix: torch.Tensor, path: Path, title: str) -> Path:
 
 def save_accuracy_as_tasks_arrive(curves: dict[str, list[float]], path: Path, title: str) -> Path:
     """One line per experiment: mean accuracy over the tasks seen so far, after each task."""
-    figure, ax = plt.subplots(figsize=(6, 4))
+    figure, ax = pyplot().subplots(figsize=(6, 4))
     for name, values in curves.items():
         ax.plot(range(1, len(values) + 1), [100 * v for v in values], marker="o", ms=3, label=name)
     ax.set_xlabel("tasks learned")

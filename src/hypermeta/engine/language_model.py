@@ -39,7 +39,7 @@ from hypermeta.hyper.hyperlstm import GATES, HyperLSTM
 from hypermeta.nn.lstm import CharLanguageModel, State
 from hypermeta.progress import progress
 from hypermeta.stats import mean_interval
-from hypermeta.viz import _save, save_curves
+from hypermeta.viz import _save, pyplot, save_curves
 
 LN2 = math.log(2.0)
 
@@ -354,9 +354,7 @@ def hyper_scales(model: CharLanguageModel, vocab: Vocabulary, text: str) -> Tens
 
 def save_scale_heatmap(scales: Tensor, text: str, path: Path, title: str, units: int = 32) -> Path:
     """One heatmap per gate: rows are hidden units, columns the characters read."""
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(4, 1, figsize=(max(6.0, 0.32 * len(text)), 9), squeeze=False)
+    figure, axes = pyplot().subplots(4, 1, figsize=(max(6.0, 0.32 * len(text)), 9), squeeze=False)
     limit = (scales[:, :units] - 1).abs().max().item() or 1e-6
     for ax, gate, values in zip(axes[:, 0], GATES, scales, strict=True):
         image = ax.imshow(values[:units] - 1, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit)

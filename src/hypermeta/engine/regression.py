@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -43,7 +42,7 @@ from hypermeta.methods.maml import MAML, GradientMetaLearner
 from hypermeta.nn import MLP
 from hypermeta.progress import progress
 from hypermeta.stats import mean_interval
-from hypermeta.viz import _save, save_curves
+from hypermeta.viz import _save, pyplot, save_curves
 
 
 class RegressionTrain(StrictModel):
@@ -283,7 +282,9 @@ class RegressionEngine(Engine):
         if not records:
             return []
         shots = sorted({k for ctx in contexts for k in ctx.experiment.eval.shots})
-        figure, axes = plt.subplots(1, len(shots), figsize=(5 * len(shots), 3.8), squeeze=False)
+        figure, axes = pyplot().subplots(
+            1, len(shots), figsize=(5 * len(shots), 3.8), squeeze=False
+        )
         for ax, k in zip(axes[0], shots, strict=True):
             for name, record in records.items():
                 for prefix, style in (("", "-"), ("baseline_", "--")):
@@ -317,7 +318,7 @@ def figure_two(
     dense grid after each number of gradient steps."""
     grid = torch.linspace(-5, 5, 200).view(1, -1, 1)
     first = Episodes(episodes.support_x[:1], episodes.support_y[:1], grid, task(grid), 0)
-    figure, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
+    figure, axes = pyplot().subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
     for ax, (name, model) in zip(axes[0], models.items(), strict=True):
         with torch.no_grad():
             curves = model.query_predictions(first, max(steps), tuple(steps))[:, 0]

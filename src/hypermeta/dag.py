@@ -12,10 +12,13 @@ Keeping them in step both ways:
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,7 +147,7 @@ def commit(stages: list[str], attempts: int = 60) -> None:
 
     for _ in range(attempts):
         try:
-            with Repo(".") as repo, lock_repo(repo):
+            with Repo(".") as repo, lock_repo(repo), params_parsed_once():
                 wanted = set(stages)
                 found = [stage for stage in repo.index.stages if stage.addressing in wanted]
                 missing = wanted - {stage.addressing for stage in found}
@@ -159,6 +162,34 @@ def commit(stages: list[str], attempts: int = 60) -> None:
         except LockError:
             time.sleep(1)
     sys.exit("dvc commit: the DVC repository stayed locked; run `dvc commit` later.")
+
+
+@contextmanager
+def params_parsed_once() -> Iterator[None]:
+    """While it is open, DVC parses each params file once, not once per parameter
+    dependency and again for its run cache: committing the quick profile's 79 stages
+    parsed the 400-line params.yaml 262 times, about 20 s of the pipeline's end.
+    DVC (pinned) reads params files through `dvc.dependency.param.load_path`; each
+    caller gets its own copy of the parsed file."""
+    from dvc.dependency import param
+
+    original = param.load_path
+    parsed: dict[tuple[str, int, int], Any] = {}
+
+    def load_once(path: str, fs: Any, **kwargs: Any) -> Any:
+        info = fs.info(path)
+        key = (path, info.get("mtime", 0), info["size"])
+        if kwargs or key not in parsed:
+            if kwargs:
+                return original(path, fs, **kwargs)
+            parsed[key] = original(path, fs)
+        return copy.deepcopy(parsed[key])
+
+    param.load_path = load_once
+    try:
+        yield
+    finally:
+        param.load_path = original
 
 
 def commit_finished() -> list[str]:

@@ -277,8 +277,8 @@ class GradientMetaLearner(FewShotLearner):
         return self.query_predictions(episodes)[-1]
 
     def test_logits(self, episodes: Episodes) -> torch.Tensor:
-        """Meta-test logits without an outer graph: `torch.func.grad` still adapts under
-        no_grad, so nothing is kept for a backward that never comes."""
+        """Meta-test logits without an outer graph: the inner gradients still adapt under
+        no_grad (`_inner_gradients`), so nothing is kept for a backward that never comes."""
         with torch.no_grad():
             return self.query_logits(episodes)
 

@@ -177,11 +177,11 @@ def params_parsed_once() -> Iterator[None]:
     parsed: dict[tuple[str, int, int], Any] = {}
 
     def load_once(path: str, fs: Any, **kwargs: Any) -> Any:
+        if kwargs:  # a parse with options: not what the cache holds
+            return original(path, fs, **kwargs)
         info = fs.info(path)
         key = (path, info.get("mtime", 0), info["size"])
-        if kwargs or key not in parsed:
-            if kwargs:
-                return original(path, fs, **kwargs)
+        if key not in parsed:
             parsed[key] = original(path, fs)
         return copy.deepcopy(parsed[key])
 

@@ -6,7 +6,8 @@ for training (forward + backward + Adam step) and evaluation (forward, no grad).
 
 Prints a table and writes benchmarks/results/lm.json. `x LSTM` is time per token
 relative to torch's LSTM at the same size and phase; each figure is the fastest of a
-few repeats, so load from other processes on a shared machine disturbs it less.
+few repeats, the variants taking turns within each round, so load from other processes
+on a shared machine disturbs it less and falls on all variants alike.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -49,9 +51,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def tokens_per_second(
-    model: CharLanguageModel, train: bool, batch: int, steps: int, repeats: int, device
-) -> float:
+def one_pass(model: CharLanguageModel, train: bool, batch: int, steps: int, device):
+    """A zero-argument pass over one batch of `steps` tokens: forward, and for training
+    backward and an Adam step."""
     tokens = torch.randint(0, VOCAB, (steps + 1, batch), device=device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train(train)
@@ -67,17 +69,24 @@ def tokens_per_second(
         else:
             with torch.no_grad():
                 model(tokens[:-1], state)
+        synchronize(device)
 
-    for _ in range(2):  # warm-up: TorchScript profiles its first runs, cuDNN picks kernels
-        once()
-    fastest = float("inf")
-    for _ in range(repeats):  # the fastest repeat: least disturbed by other load
-        synchronize(device)
-        began = time.perf_counter()
-        once()
-        synchronize(device)
-        fastest = min(fastest, time.perf_counter() - began)
-    return batch * steps / fastest
+    return once
+
+
+def fastest_seconds(passes: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
+    """Fastest time of each pass over `repeats` rounds, the passes taking turns within a
+    round, so a shared machine's changing load falls on all of them alike."""
+    for once in passes.values():
+        for _ in range(2):  # warm-up: TorchScript profiles its first runs, cuDNN picks kernels
+            once()
+    fastest = dict.fromkeys(passes, float("inf"))
+    for _ in range(repeats):
+        for name, once in passes.items():
+            began = time.perf_counter()
+            once()
+            fastest[name] = min(fastest[name], time.perf_counter() - began)
+    return fastest
 
 
 def main() -> None:
@@ -96,14 +105,15 @@ def main() -> None:
     rows = []
     for hidden in sizes:
         for phase in ("train", "eval"):
-            baseline = None
+            passes = {}
             for name, make in VARIANTS.items():
                 torch.manual_seed(0)
                 model = CharLanguageModel(VOCAB, EMBEDDING, make(hidden)).to(device)
-                speed = tokens_per_second(
-                    model, phase == "train", args.batch_size, steps, repeats, device
-                )
-                baseline = baseline or speed
+                passes[name] = one_pass(model, phase == "train", args.batch_size, steps, device)
+            seconds = fastest_seconds(passes, repeats)
+            baseline = args.batch_size * steps / seconds["lstm (torch)"]
+            for name, elapsed in seconds.items():
+                speed = args.batch_size * steps / elapsed
                 rows.append(
                     {
                         "hidden": hidden,

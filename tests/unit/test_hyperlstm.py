@@ -55,8 +55,11 @@ def test_cell_with_scaling_frozen_at_one_equals_a_plain_lstm_cell():
     x = torch.randn(6, batch, inputs)
     h, c = torch.randn(batch, hidden), torch.randn(batch, hidden)
     hyper_h, hyper_c = torch.randn(batch, 6), torch.randn(batch, 6)
-    outputs, *_, scales = layer(x, h, c, hyper_h, hyper_c)
+    outputs, *_, scales = layer(x, h, c, hyper_h, hyper_c, keep_scales=True)
+    assert scales.shape == (len(x), batch, 4 * hidden)
     assert torch.allclose(scales, torch.ones_like(scales), atol=1e-6)
+    without_scales, *_, nothing = layer(x, h, c, hyper_h, hyper_c)
+    assert nothing.numel() == 0 and torch.equal(without_scales, outputs)
     expected_h, expected_c = h, c
     for t in range(len(x)):
         expected_h, expected_c = reference(x[t], (expected_h, expected_c))

@@ -347,7 +347,7 @@ def hyper_scales(model: CharLanguageModel, vocab: Vocabulary, text: str) -> Tens
     device = next(model.parameters()).device
     tokens = vocab.encode(from_display(text)).tokens.long().view(-1, 1).to(device)
     state = model.initial_state(1, device)
-    _, _, scales = model.rnn.run(model.embedding(tokens), state)
+    _, _, scales = model.rnn.run(model.embedding(tokens), state, keep_scales=True)
     steps = scales[0][:, 0]  # [T, 4H]
     return steps.view(len(tokens), 4, -1).permute(1, 2, 0).cpu()
 

@@ -80,9 +80,17 @@ class HyperLSTMLayer(nn.Module):
             self.z_to_d[SHIFT_B].zero_()
 
     def forward(
-        self, x: Tensor, h: Tensor, c: Tensor, hyper_h: Tensor, hyper_c: Tensor
+        self,
+        x: Tensor,
+        h: Tensor,
+        c: Tensor,
+        hyper_h: Tensor,
+        hyper_c: Tensor,
+        keep_scales: bool = False,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """x `[T, B, input]` → (outputs `[T, B, H]`, h, c, hyper_h, hyper_c, d_h `[T, B, 4H]`)."""
+        """x `[T, B, input]` → (outputs `[T, B, H]`, h, c, hyper_h, hyper_c, d_h), d_h the
+        scales of W_h per step `[T, B, 4H]` if `keep_scales`, else empty (stacking them
+        costs a 4H-wide copy per step that training and evaluation do not need)."""
         main_size = 4 * self.hidden_size
         projected = self.input(x)
         # unbind, not indexing by t: the backward of an index fills a zero tensor the size
@@ -112,8 +120,10 @@ class HyperLSTMLayer(nn.Module):
             gates = torch.addcmul(gates, scale_h, main_h.view(batch, 4, -1))
             h, c = self.update(gates.reshape(batch, -1), c)
             outputs.append(h)
-            scales_h.append(scale_h.reshape(batch, -1))
-        return torch.stack(outputs), h, c, hyper_h, hyper_c, torch.stack(scales_h)
+            if keep_scales:
+                scales_h.append(scale_h.reshape(batch, -1))
+        scales = torch.stack(scales_h) if keep_scales else x.new_empty(0)
+        return torch.stack(outputs), h, c, hyper_h, hyper_c, scales
 
 
 class HyperLSTM(nn.Module):
@@ -159,14 +169,17 @@ class HyperLSTM(nn.Module):
         hyper = torch.zeros(len(self.layers), batch, self.hyper_size, device=device)
         return (main, main.clone(), hyper, hyper.clone())
 
-    def run(self, x: Tensor, state: State) -> tuple[Tensor, State, list[Tensor]]:
-        """Outputs, new state, and per layer the W_h scales d_h `[T, B, 4H]`."""
+    def run(
+        self, x: Tensor, state: State, keep_scales: bool = False
+    ) -> tuple[Tensor, State, list[Tensor]]:
+        """Outputs, new state, and per layer the W_h scales d_h `[T, B, 4H]` (if
+        `keep_scales`; else empty tensors)."""
         new_state: list[list[Tensor]] = [[], [], [], []]
         scales = []
         for n, layer in enumerate(self.layers):
             if n > 0:
                 x = F.dropout(x, self.dropout, self.training)
-            x, *layer_state, d_h = layer(x, *(s[n] for s in state))
+            x, *layer_state, d_h = layer(x, *(s[n] for s in state), keep_scales=keep_scales)
             for slot, value in zip(new_state, layer_state, strict=True):
                 slot.append(value)
             scales.append(d_h)

@@ -51,7 +51,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def one_pass(model: CharLanguageModel, train: bool, batch: int, steps: int, device):
+def one_pass(
+    model: CharLanguageModel, train: bool, batch: int, steps: int, device: torch.device
+) -> Callable[[], None]:
     """A zero-argument pass over one batch of `steps` tokens: forward, and for training
     backward and an Adam step."""
     tokens = torch.randint(0, VOCAB, (steps + 1, batch), device=device)

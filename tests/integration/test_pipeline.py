@@ -154,13 +154,7 @@ def check_quick_results(root: Path) -> None:
     for name in ("maml_sine", "metasgd_sine"):  # one adapted step beats the pretrained net's
         result = metrics(name)
         assert result["mse_k10"] < 0.6 * result["baseline_mse_k10_step1"], (name, result)
-    for name in (
-        "lstm_char",
-        "lnlstm_char",
-        "hyperlstm_char",
-        "lnhyperlstm_char",
-        "lnhyperlstm2_char",
-    ):
+    for name in ("lstm_char", "lnlstm_char", "hyperlstm_char", "lnhyperlstm_char"):
         result = metrics(name)
         assert result["test_bpc"] < 0.8 * result["unigram_bpc"], (name, result)
     hnet, finetune = metrics("hnet_permuted"), metrics("finetune_permuted")

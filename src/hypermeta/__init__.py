@@ -4,6 +4,11 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
+# Where the per-experiment stages write, relative to the project root (dvc.yaml's outs).
+MODELS = Path("models")
+METRICS = Path("metrics")
+PLOTS = Path("plots")
+
 
 def repo_root() -> Path:
     """The project root: the nearest folder above the working directory holding params.yaml."""

@@ -11,8 +11,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import torch
-
 
 @contextmanager
 def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
@@ -49,4 +47,6 @@ def write_json(destination: str | os.PathLike, data: Any) -> Path:
 
 
 def torch_save(destination: str | os.PathLike, obj: Any) -> Path:
+    import torch  # here, not above: writing JSON or text needs no torch (not_run.py)
+
     return write_with(destination, lambda tmp: torch.save(obj, tmp))

@@ -58,6 +58,7 @@ class ExperimentEntry(StrictModel):
     eval: dict[str, Any] = {}
     resources: Resources = Resources()
     profiles: dict[str, dict[str, Any]] = {}
+    run_in: list[str] | None = None  # profiles whose pipeline runs it; default: every one
 
 
 class Reference(StrictModel):
@@ -93,6 +94,7 @@ class Experiment:
     eval: BaseModel
     resources: Resources
     section: dict[str, Any]  # the merged raw section: what is logged and hashed
+    runs: bool = True  # whether the profile runs it (`run_in`; see not_run.py)
 
     @property
     def params_hash(self) -> str:
@@ -205,18 +207,20 @@ def resolve(params: Params, name: str, profile: str | None = None) -> Experiment
     profile = profile or params.profile
     entry = params.experiments[name]
     where = f"experiments.{name}"
-    unknown = set(entry.profiles) - set(params.profiles)
-    if unknown:
-        raise HypermetaError(
-            f"params.yaml: {where}.profiles.{sorted(unknown)[0]} is not a defined profile; "
-            f"use one of {sorted(params.profiles)}."
-        )
-    base = entry.model_dump(exclude={"profiles"})
+    for key, named in (("profiles", entry.profiles), ("run_in", entry.run_in or [])):
+        unknown = set(named) - set(params.profiles)
+        if unknown:
+            raise HypermetaError(
+                f"params.yaml: {where}.{key} names {sorted(unknown)[0]!r}, not a defined "
+                f"profile; use one of {sorted(params.profiles)}."
+            )
+    runs = entry.run_in is None or profile in entry.run_in
+    base = entry.model_dump(exclude={"profiles", "run_in"})  # run_in changes no result
     override = entry.profiles.get(profile, {})
     merged = deep_merge(base, override)
     merged = validate_section(
         ExperimentEntry, merged, where, (f"{where}.profiles.{profile}", override)
-    ).model_dump(exclude={"profiles"})
+    ).model_dump(exclude={"profiles", "run_in"})
 
     def section(name: str, schema: type[BaseModel]) -> BaseModel:
         return validate_section(
@@ -236,7 +240,7 @@ def resolve(params: Params, name: str, profile: str | None = None) -> Experiment
             f"known datasets are {sorted(DATASETS)}."
         )
     datasets = params.data.datasets.get(profile, [])
-    if merged["dataset"] not in datasets:
+    if runs and merged["dataset"] not in datasets:
         raise HypermetaError(
             f"params.yaml: {where} uses dataset {merged['dataset']!r} in profile {profile!r}, "
             f"but data.datasets.{profile} does not list it; add it there."
@@ -253,6 +257,7 @@ def resolve(params: Params, name: str, profile: str | None = None) -> Experiment
         eval=section("eval", engine.eval_config),
         resources=Resources.model_validate(merged["resources"]),
         section=merged,
+        runs=runs,
     )
 
 

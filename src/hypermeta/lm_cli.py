@@ -15,11 +15,13 @@ import hashlib
 import math
 import sys
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from hypermeta.config import params_hash
 from hypermeta.errors import HypermetaError
+
+if TYPE_CHECKING:  # torch loads only when a command runs (and not for skipped stages)
+    import torch
 
 METHODS = {"lstm": "lstm", "ln-lstm": "lnlstm", "hyperlstm": "hyperlstm"}
 
@@ -97,6 +99,8 @@ def train(args: argparse.Namespace) -> None:
         },
         "lm train flags",
     )
+    import torch
+
     device = _device(args)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -135,6 +139,8 @@ def train(args: argparse.Namespace) -> None:
 
 
 def _load(args: argparse.Namespace):
+    import torch
+
     from hypermeta.engine.language_model import load_trained
 
     if args.threads:

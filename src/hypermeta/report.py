@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from hypermeta import repo_root
+from hypermeta import METRICS, PLOTS, repo_root
 from hypermeta.atomic import write_text
 from hypermeta.config import Experiment, Params, Reference, resolve
 from hypermeta.engine import get_engine
@@ -58,16 +58,19 @@ def result_rows(
     ordered = [m for m in by_metric if m in metrics] + [m for m in numeric if m not in by_metric]
     rows = []
     for metric in ordered:
-        paper = ""
-        if ref := by_metric.get(metric):
-            note = "" if ref.dataset == dataset else f" on {ref.dataset}, not {dataset}"
-            paper = f"{format_value(metric, ref.value)} ({ref.source}{note})"
+        ref = by_metric.get(metric)
+        paper = paper_cell(ref, dataset) if ref else ""
         rows.append((metric, format_metric(metric, metrics), paper))
     return rows
 
 
+def paper_cell(ref: Reference, dataset: str) -> str:
+    note = "" if ref.dataset == dataset else f" on {ref.dataset}, not {dataset}"
+    return f"{format_value(ref.metric, ref.value)} ({ref.source}{note})"
+
+
 def read_metrics(experiment: str) -> dict[str, Any]:
-    path = Path("metrics") / experiment / "metrics.json"
+    path = METRICS / experiment / "metrics.json"
     if not path.exists():
         raise HypermetaError(f"{path} is missing; run the evaluate stage for {experiment} first.")
     return json.loads(path.read_text())
@@ -78,10 +81,14 @@ def summary_rows(
     results: dict[str, dict[str, Any]],
     references: dict[str, list[Reference]],
 ) -> list[tuple[str, str, str, str]]:
-    """One row per published number: the experiment, the metric, ours, the paper's."""
+    """One row per published number: the experiment, the metric, ours, the paper's.
+    An experiment without results is one the profile does not run (`run_in`)."""
     rows = []
     for exp in experiments:
         refs = references.get(exp.name, [])
+        if exp.name not in results:
+            rows += [(exp.name, r.metric, "not run", paper_cell(r, exp.dataset)) for r in refs]
+            continue
         for metric, ours, paper in result_rows(results[exp.name], refs, exp.dataset):
             if paper:
                 rows.append((exp.name, metric, ours, paper))
@@ -160,25 +167,33 @@ def write_report(params: Params, staging: Path) -> None:
         "Intervals are 95% confidence intervals.</p>",
     ]
     experiments = [resolve(params, name) for name in params.experiments]
-    results = {exp.name: read_metrics(exp.name) for exp in experiments}
+    ran = [exp for exp in experiments if exp.runs]
+    results = {exp.name: read_metrics(exp.name) for exp in ran}
     summary = summary_rows(experiments, results, params.references)
     header = ["experiment", "metric", "ours", "paper"]
     md += ["## Ours beside the papers", "", _markdown_table(header, summary), ""]
     body += ["<h2>Ours beside the papers</h2>", _html_table(header, summary)]
+    if not_run := [exp.name for exp in experiments if not exp.runs]:
+        note = (
+            f"Not run under profile {params.profile} (their `run_in` in params.yaml names "
+            f"the profiles that run them): {', '.join(not_run)}."
+        )
+        md += [note, ""]
+        body.append(f"<p>{html.escape(note)}</p>")
     provenance, groups = [], {}
-    for exp in experiments:
+    for exp in ran:
         metrics = results[exp.name]
         rows = result_rows(metrics, params.references.get(exp.name, []), exp.dataset)
         header = ["metric", "ours", "paper"]
         title = f"{exp.name}: {exp.method} on {exp.dataset}"
         md += [f"## {title}", "", _markdown_table(header, rows), ""]
         body += [f"<h2>{html.escape(title)}</h2>", _html_table(header, rows)]
-        for png in sorted((Path("plots") / exp.name).glob("*.png")):
+        for png in sorted((PLOTS / exp.name).glob("*.png")):
             target = figures / f"{exp.name}-{png.name}"
             shutil.copyfile(png, target)
             md += [f"![{exp.name} {png.stem}](figures/{target.name})", ""]
             body.append(_embedded(target))
-        for text_file in sorted((Path("plots") / exp.name).glob("*.txt")):
+        for text_file in sorted((PLOTS / exp.name).glob("*.txt")):
             md += [f"**{text_file.stem}**", "", "```", text_file.read_text().rstrip(), "```", ""]
             body.append(
                 f"<h3>{html.escape(text_file.stem)}</h3><pre>{html.escape(text_file.read_text())}</pre>"

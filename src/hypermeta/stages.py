@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from hypermeta import repo_root
+from hypermeta import METRICS, MODELS, PLOTS, repo_root
 from hypermeta.atomic import write_json
 from hypermeta.config import Experiment, Params, load_params, params_hash, resolve
 from hypermeta.engine import StageContext, get_engine
@@ -46,9 +46,9 @@ def stage_context(exp: Experiment, tracker: Tracker) -> StageContext:
     return StageContext(
         experiment=exp,
         data_dir=PREPARED / exp.dataset,
-        model_dir=Path("models") / exp.name,
-        metrics_dir=Path("metrics") / exp.name,
-        plots_dir=Path("plots") / exp.name,
+        model_dir=MODELS / exp.name,
+        metrics_dir=METRICS / exp.name,
+        plots_dir=PLOTS / exp.name,
         tracker=tracker,
     )
 
@@ -134,14 +134,3 @@ def report() -> Path:
         folder = build_report(params, Path("reports"))
         tracker.log_artifact(folder, "report")
         return folder
-
-
-STAGES = {
-    "download": download,
-    "split": split,
-    "train": train,
-    "evaluate": evaluate,
-    "visualize": visualize,
-    "report": report,
-}
-PER_EXPERIMENT = {"train", "evaluate", "visualize"}

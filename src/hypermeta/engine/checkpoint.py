@@ -10,6 +10,7 @@ import torch
 
 from hypermeta.atomic import torch_save
 from hypermeta.errors import HypermetaError
+from hypermeta.not_run import recorded_reason
 
 
 class Checkpointer:
@@ -19,7 +20,7 @@ class Checkpointer:
 
     def load(self) -> dict[str, Any] | None:
         """The saved state if it belongs to this config, else None (training starts afresh)."""
-        if not self.path.exists():
+        if not self.path.exists() or recorded_reason(self.path):  # none, or a not-run record
             return None
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=False)

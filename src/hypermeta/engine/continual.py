@@ -34,8 +34,8 @@ from hypermeta.engine import register
 from hypermeta.engine.base import Engine, StageContext
 from hypermeta.engine.checkpoint import Checkpointer
 from hypermeta.engine.device import DeviceName, adam, resolve_device
-from hypermeta.errors import HypermetaError
 from hypermeta.methods import get_method
+from hypermeta.not_run import check_trained
 from hypermeta.progress import progress
 from hypermeta.stats import mean_interval, wilson_interval
 
@@ -238,8 +238,7 @@ def train_sequences(
 
 
 def load_trained(model_path: Path) -> dict[str, Any]:
-    if not Path(model_path).exists():
-        raise HypermetaError(f"{model_path} not found; run the train stage for this experiment.")
+    check_trained(model_path)
     return torch.load(model_path, map_location="cpu", weights_only=False)
 
 

@@ -37,6 +37,7 @@ from hypermeta.engine.device import DeviceName, adam, autocast, resolve_device
 from hypermeta.errors import HypermetaError
 from hypermeta.hyper.hyperlstm import GATES, HyperLSTM
 from hypermeta.nn.lstm import CharLanguageModel, State
+from hypermeta.not_run import check_trained
 from hypermeta.progress import progress
 from hypermeta.stats import mean_interval
 from hypermeta.viz import _save, pyplot, save_curves
@@ -299,8 +300,7 @@ def save_model(
 
 
 def load_trained(path: Path, device: torch.device) -> tuple[CharLanguageModel, Vocabulary, dict]:
-    if not Path(path).exists():
-        raise HypermetaError(f"{path} not found; train a model first (or pass --load-model).")
+    check_trained(path, "train a model first (or pass --load-model)")
     saved = torch.load(path, map_location="cpu", weights_only=False)
     if "vocab" not in saved.get("data_info", {}):
         raise HypermetaError(f"{path} is not a language model; pass a model saved by `lm train`.")

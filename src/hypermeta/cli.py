@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name in PER_EXPERIMENT:
             sub.add_argument("experiment", help="an experiment named in params.yaml")
         sub.set_defaults(handler=_stage(name))
-    listing = commands.add_parser("experiments", help="list experiments of the active profile")
+    listing = commands.add_parser(
+        "experiments", help="list the experiments, marking those the active profile does not run"
+    )
     listing.set_defaults(handler=_list_experiments)
     for name, module in TOOL_MODULES.items():
         help_text, setup = importlib.import_module(module).TOOL

@@ -65,3 +65,13 @@ def test_a_skipped_stage_keeps_a_real_checkpoint_and_loads_neither_torch_nor_mlf
     done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True)
     assert done.returncode == 0, done.stderr.decode()
     assert checkpoint.read_bytes() == b"PK a torch archive from a paper run"
+
+
+def test_a_misspelt_run_in_is_named_not_taken_for_a_skip(tmp_path, monkeypatch, capsys):
+    params = paper_only_params()
+    params["experiments"]["cnn"]["run_in"] = ["papr"]
+    write_params(tmp_path, params)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "cnn"]) == 2
+    assert "cnn.run_in names 'papr', not a defined profile" in capsys.readouterr().err
+    assert not Path("models").exists()

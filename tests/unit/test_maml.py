@@ -187,6 +187,31 @@ def test_chunked_meta_step_takes_the_same_step_as_the_whole_batch():
     torch.testing.assert_close(updated[2], updated[0], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["maml", "metasgd", "reptile"])
+def test_task_workers_take_the_loops_step_and_give_its_predictions(name):
+    """Tasks on 2 or 3 threads (5 tasks: uneven runs) step and predict as one loop does."""
+    episodes = prototype_episodes(torch.Generator().manual_seed(0), 5, 3, 1, 2)
+    updated, predicted = [], []
+    for workers in (1, 2, 3):
+        torch.manual_seed(0)
+        model = build(name, {"image_shape": [1, 16, 16]}, n_way=3, width=4, task_workers=workers)
+        assert [len(part) for part in model.task_parts(5)] == {1: [5], 2: [2, 3], 3: [2, 1, 2]}[
+            workers
+        ]
+        model.meta_step(episodes, torch.optim.SGD(model.parameters(), lr=1.0))
+        updated.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+        with model.meta_test("running"):
+            predicted.append(model.test_logits(episodes))
+        assert torch.get_num_threads() == 1  # the caller's intra-op threads are restored
+    for workers in (1, 2):
+        torch.testing.assert_close(updated[workers], updated[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(predicted[workers], predicted[0], rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # the caller's grad mode reaches the worker threads
+        assert (
+            model.in_task_workers(lambda _: torch.is_grad_enabled(), [range(2)] * 3) == [False] * 3
+        )
+
+
 def test_non_transductive_meta_test_keeps_queries_independent_and_transductive_does_not():
     model = build("maml", {"image_shape": [1, 16, 16]}, n_way=3, width=4)
     assert any(isinstance(m, BatchStatNorm) for m in model.modules())

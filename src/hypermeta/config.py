@@ -58,7 +58,8 @@ class ExperimentEntry(StrictModel):
     eval: dict[str, Any] = {}
     resources: Resources = Resources()
     profiles: dict[str, dict[str, Any]] = {}
-    run_in: list[str] | None = None  # profiles whose pipeline runs it; default: every one
+    # profiles whose pipeline runs it (see runs_under); default: every one
+    run_in: list[str] | None = Field(None, min_length=1)
 
 
 class Reference(StrictModel):
@@ -195,6 +196,11 @@ def load_params(path: str | Path = "params.yaml", profile: str | None = None) ->
     return params
 
 
+def runs_under(run_in: list[str] | None, profile: str) -> bool:
+    """Whether an experiment with this `run_in` runs under `profile` (not_run.py)."""
+    return run_in is None or profile in run_in
+
+
 def resolve(params: Params, name: str, profile: str | None = None) -> Experiment:
     """The experiment `name` with the profile's overrides merged and every section validated."""
     from hypermeta.engine import get_engine
@@ -214,7 +220,7 @@ def resolve(params: Params, name: str, profile: str | None = None) -> Experiment
                 f"params.yaml: {where}.{key} names {sorted(unknown)[0]!r}, not a defined "
                 f"profile; use one of {sorted(params.profiles)}."
             )
-    runs = entry.run_in is None or profile in entry.run_in
+    runs = runs_under(entry.run_in, profile)
     base = entry.model_dump(exclude={"profiles", "run_in"})  # run_in changes no result
     override = entry.profiles.get(profile, {})
     merged = deep_merge(base, override)

@@ -36,14 +36,14 @@ def reason(experiment: str, run_in: list[str], profile: str) -> str:
 def skip_reason(experiment: str, params_path: Path = Path("params.yaml")) -> str | None:
     """Why the active profile does not run `experiment`, or None when it does, or when
     params.yaml does not say so validly (the stage's full load then names the problem)."""
-    from hypermeta.config import load_raw
+    from hypermeta.config import load_raw, runs_under
 
     raw = load_raw(params_path)
     entry = (raw.get("experiments") or {}).get(experiment)
     run_in = entry.get("run_in") if isinstance(entry, dict) else None
     profile = raw.get("profile")
-    if not isinstance(run_in, list) or not run_in or profile in run_in:
-        return None
+    if not isinstance(run_in, list) or not run_in or runs_under(run_in, profile):
+        return None  # runs here, or run_in is malformed: the full load names the problem
     if not set(run_in) <= set(raw.get("profiles") or {}):  # a typo: let validation say so
         return None
     return reason(experiment, [str(p) for p in run_in], str(profile))

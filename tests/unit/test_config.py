@@ -88,3 +88,5 @@ def test_run_in_limits_the_profiles_that_run_an_experiment(tmp_path):
     assert resolve(load(tmp_path), "cnn").runs  # no run_in: every profile runs it
     with pytest.raises(HypermetaError, match=r"cnn\.run_in names 'fast', not a defined profile"):
         load(tmp_path, changed(experiments__cnn__run_in=["fast"]))
+    with pytest.raises(HypermetaError, match=r"cnn\.run_in: List should have at least 1"):
+        load(tmp_path, changed(experiments__cnn__run_in=[]))  # runs nowhere: a mistake

@@ -75,6 +75,11 @@ Weights = dict[str, torch.Tensor]
 _worker = threading.local()
 
 
+def worker_target() -> nn.Module | None:
+    """This task-worker thread's twin of the target; None outside task workers."""
+    return getattr(_worker, "target", None)
+
+
 class GradientMetaConfig(StrictModel):
     """The `model:` section shared by MAML, FOMAML, MAML++, Meta-SGD and Reptile."""
 
@@ -164,7 +169,7 @@ class GradientMetaLearner(FewShotLearner):
         return F.cross_entropy(output, target)
 
     def run_target(self, weights: Weights, x: torch.Tensor) -> torch.Tensor:
-        out = functional_call(getattr(_worker, "target", None) or self.target, weights, (x,))
+        out = functional_call(worker_target() or self.target, weights, (x,))
         return out[..., : self.ways] if self.task == "classification" else out
 
     def _support_loss(self, fast: Weights, x: torch.Tensor, y: torch.Tensor, step: int):
@@ -277,7 +282,7 @@ class GradientMetaLearner(FewShotLearner):
     def task_parts(self, tasks: int) -> list[range]:
         """Contiguous runs of task indices, one per task worker."""
         workers = self.config.task_workers or torch.get_num_threads()
-        in_worker = getattr(_worker, "target", None) is not None  # no workers within workers
+        in_worker = worker_target() is not None  # no workers within workers
         if in_worker or self.keeps_running_statistics or self.vectorizes():
             workers = 1  # (MAML++ records statistics on the one target: it stays serial)
         workers = max(1, min(workers, tasks))

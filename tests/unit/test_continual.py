@@ -8,6 +8,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from tolerance import assert_close_reordered
 from torch import nn
 from torch.func import functional_call
 
@@ -127,8 +128,9 @@ def test_adam_lookahead_is_the_change_adam_makes_with_the_same_gradient():
     task_loss.backward()
     assert torch.equal(sgd["warm"], -0.01 * warm.grad)
     optimizer.step()
-    for name, p in params.items():  # equal up to the float32 rounding of the weights
-        assert torch.allclose(p.detach() - before[name], delta[name], rtol=0, atol=2e-7), name
+    for name, p in params.items():  # equal up to the rounding of the updated weights
+        rounding = 2 * torch.finfo(p.dtype).eps * before[name].abs().max().item()
+        assert torch.allclose(p.detach() - before[name], delta[name], rtol=0, atol=rounding), name
     # Adam's first step moves every weight by about lr, whatever the gradient's size.
     assert torch.allclose(delta["fresh"].abs(), torch.full((4,), 0.01), rtol=1e-3)
 
@@ -242,7 +244,7 @@ def test_ewc_fisher_is_the_mean_squared_per_example_gradient():
         learner.zero_grad()
         torch.log_softmax(logits, -1)[logits.argmax()].backward()
         expected += torch.cat([q.grad.flatten() for q in learner.parameters()]).pow(2)
-    assert torch.allclose(learner.fisher, expected / 20, atol=1e-6, rtol=1e-4)
+    assert_close_reordered(learner.fisher, expected / 20)
     assert torch.equal(learner.anchor, learner.flat_parameters())
     assert learner.penalty().item() == 0.0  # at the anchor nothing is paid
 

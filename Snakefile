@@ -63,19 +63,40 @@ for stage in STAGES:
 onstart:
     if os.environ.get("HYPERMETA_TRACKING", "").lower() != "off":
         from hypermeta import repo_root
-        from hypermeta.tracking import PARENT_ENV, start_pipeline_run
+        from hypermeta.tracking import (
+            PARENT_ENV,
+            SERVER_ENV,
+            URI_ENV,
+            invocation_key,
+            start_pipeline_run,
+        )
+        from hypermeta.tracking_server import ensure_server
 
-        # One parent MLflow run for this invocation; creating it here also creates the
-        # store once, before parallel jobs would race to initialise it.
+        # This invocation's own MLflow server (tracking_server.py): jobs log over HTTP,
+        # without importing mlflow. One parent run for the invocation; creating it here
+        # also creates the store once, before parallel jobs would race to initialise it.
+        if not os.environ.get(URI_ENV):
+            os.environ[SERVER_ENV] = ensure_server(repo_root(), invocation_key(include_self=True))
         os.environ[PARENT_ENV] = start_pipeline_run(
             repo_root(), PARAMS.mlflow.experiment, PARAMS.profile, "snakemake"
         )
 
 
-# Record the finished stages in dvc.lock, also after a failure: what completed is valid.
-onsuccess:
+def finish():
+    """Record the finished stages in dvc.lock, also after a failure (what completed is
+    valid), and stop this invocation's MLflow server."""
+    from hypermeta import repo_root
+    from hypermeta.tracking import SERVER_ENV
+    from hypermeta.tracking_server import stop_server
+
     commit_finished()
+    if os.environ.get(SERVER_ENV):
+        stop_server(repo_root())
+
+
+onsuccess:
+    finish()
 
 
 onerror:
-    commit_finished()
+    finish()

@@ -1,25 +1,44 @@
 """The only module that talks to MLflow.
 
-Store: `MLFLOW_TRACKING_URI`, else `sqlite:///<repo>/mlflow.db` with artifacts in
-`<repo>/mlartifacts`. One parent run per pipeline invocation and one child run per
-stage × experiment. The parent is named by `HYPERMETA_PARENT_RUN_ID` (the Snakefile
-sets it) or found through the nearest `snakemake`/`dvc` ancestor process, so stages that
-`dvc repro` runs one after another share a parent too.
+Store: `MLFLOW_TRACKING_URI` when set; else, inside a pipeline invocation (Snakemake or
+`dvc repro`), the invocation's own `mlflow server` on 127.0.0.1 (tracking_server.py)
+over `sqlite:///<repo>/mlflow.db`; else (a stage run by hand) that sqlite store
+directly. Artifacts of the project's store live in `<repo>/mlartifacts` either way.
+
+Stages talk to an HTTP store with the standard library (`HttpStore`): importing mlflow
+and its SQLAlchemy store costs 2-4 s, more than most stage jobs' own work. Any other
+store goes through mlflow's client (`SqlStore`). Both offer the few calls below.
+
+One parent run per pipeline invocation and one child run per stage × experiment. The
+parent is named by `HYPERMETA_PARENT_RUN_ID` (the Snakefile sets it) or found through
+the nearest `snakemake`/`dvc` ancestor process, so stages that `dvc repro` runs one
+after another share a parent too.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import os
+import shutil
 import subprocess
 import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
+from hypermeta.errors import HypermetaError
+
 PARENT_ENV = "HYPERMETA_PARENT_RUN_ID"
 DISABLE_ENV = "HYPERMETA_TRACKING"  # "off": stages log nothing (unit tests, quick checks)
+URI_ENV = "MLFLOW_TRACKING_URI"  # a store of the user's choosing wins
+SERVER_ENV = "HYPERMETA_MLFLOW_SERVER"  # the invocation's own server (the Snakefile sets it)
 
 
 class Tracker(Protocol):
@@ -45,38 +64,234 @@ class NullTracker:
         pass
 
 
+Metric = tuple[str, float, int, int]  # key, value, timestamp (ms), step
+
+
+class Store(Protocol):
+    """What the pipeline needs of an MLflow tracking store."""
+
+    tracking_uri: str
+
+    def experiment_id(self, name: str) -> str | None: ...
+    def create_experiment(self, name: str, artifact_location: str | None) -> str: ...
+    def create_run(self, experiment_id: str, run_name: str, tags: dict[str, str]) -> str: ...
+    def log_batch(self, run_id: str, params: dict[str, str], metrics: list[Metric]) -> None: ...
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None) -> None: ...
+    def run_status(self, run_id: str) -> str: ...
+    def set_terminated(self, run_id: str, status: str) -> None: ...
+    def find_run(self, experiment_id: str, tag: str, value: str) -> str | None: ...
+
+
+class SqlStore:
+    """Any store mlflow's client reaches (sqlite, a database, a file store)."""
+
+    def __init__(self, uri: str) -> None:
+        self.tracking_uri = uri
+
+    @functools.cached_property
+    def client(self) -> Any:
+        """Made on first use, which is init_store's, under its lock: making one creates
+        and migrates a new sqlite store, which parallel first writers would race at."""
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(self.tracking_uri)
+
+    def experiment_id(self, name: str) -> str | None:
+        experiment = self.client.get_experiment_by_name(name)
+        return None if experiment is None else experiment.experiment_id
+
+    def create_experiment(self, name: str, artifact_location: str | None) -> str:
+        return self.client.create_experiment(name, artifact_location=artifact_location)
+
+    def create_run(self, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
+        return self.client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+
+    def log_batch(self, run_id: str, params: dict[str, str], metrics: list[Metric]) -> None:
+        from mlflow.entities import Metric as MlflowMetric
+        from mlflow.entities import Param
+
+        self.client.log_batch(
+            run_id,
+            params=[Param(k, v) for k, v in params.items()],
+            metrics=[MlflowMetric(*metric) for metric in metrics],
+        )
+
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None) -> None:
+        if path.is_dir():
+            self.client.log_artifacts(run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def run_status(self, run_id: str) -> str:
+        return self.client.get_run(run_id).info.status
+
+    def set_terminated(self, run_id: str, status: str) -> None:
+        self.client.set_terminated(run_id, status)
+
+    def find_run(self, experiment_id: str, tag: str, value: str) -> str | None:
+        found = self.client.search_runs(
+            [experiment_id], filter_string=f"tags.`{tag}` = '{value}'", max_results=1
+        )
+        return found[0].info.run_id if found else None
+
+
+class HttpStore:
+    """An MLflow tracking server through its REST API (api/2.0/mlflow), standard library
+    only. Artifacts go where the run's artifact URI says: a `file:` folder (the project's
+    own server on this machine) is written directly, `mlflow-artifacts:` through the
+    server's artifact proxy."""
+
+    def __init__(self, uri: str) -> None:
+        self.tracking_uri = uri.rstrip("/")
+        self.artifact_uris: dict[str, str] = {}
+
+    def _call(self, endpoint: str, body: dict[str, Any] | None = None, **query: str) -> Any:
+        url = f"{self.tracking_uri}/api/2.0/mlflow/{endpoint}"
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(url, data=data, method="GET" if body is None else "POST")
+        request.add_header("Content-Type", "application/json")
+        return json.loads(self._send(request) or b"{}")
+
+    def _send(self, request: urllib.request.Request) -> bytes:
+        for attempt in range(5):  # a busy server (sqlite locked, a restart) gets a moment
+            try:
+                with urllib.request.urlopen(request, timeout=60) as response:
+                    return response.read()
+            except urllib.error.HTTPError as exc:
+                detail = exc.read().decode(errors="replace")[:300]
+                if exc.code < 500 or attempt == 4:
+                    raise HypermetaError(
+                        f"the MLflow server at {self.tracking_uri} refused "
+                        f"{request.full_url} ({exc.code}: {detail})."
+                    ) from None
+            except (urllib.error.URLError, OSError) as exc:
+                if attempt == 4:
+                    raise HypermetaError(
+                        f"the MLflow server at {self.tracking_uri} does not answer ({exc}); "
+                        f"start it, or unset {URI_ENV} to log to the project's own store."
+                    ) from None
+            time.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def experiment_id(self, name: str) -> str | None:
+        try:
+            found = self._call("experiments/get-by-name", experiment_name=name)
+        except HypermetaError as exc:
+            if "RESOURCE_DOES_NOT_EXIST" in str(exc):
+                return None
+            raise
+        return found["experiment"]["experiment_id"]
+
+    def create_experiment(self, name: str, artifact_location: str | None) -> str:
+        body = {"name": name}
+        if artifact_location:
+            body["artifact_location"] = artifact_location
+        return self._call("experiments/create", body)["experiment_id"]
+
+    def create_run(self, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
+        run = self._call(
+            "runs/create",
+            {
+                "experiment_id": experiment_id,
+                "run_name": run_name,
+                "start_time": int(time.time() * 1000),
+                "tags": [{"key": k, "value": v} for k, v in tags.items()],
+            },
+        )["run"]
+        self.artifact_uris[run["info"]["run_id"]] = run["info"]["artifact_uri"]
+        return run["info"]["run_id"]
+
+    def log_batch(self, run_id: str, params: dict[str, str], metrics: list[Metric]) -> None:
+        self._call(
+            "runs/log-batch",
+            {
+                "run_id": run_id,
+                "params": [{"key": k, "value": v} for k, v in params.items()],
+                "metrics": [
+                    {"key": k, "value": v, "timestamp": t, "step": s} for k, v, t, s in metrics
+                ],
+            },
+        )
+
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None) -> None:
+        """As mlflow's client: a file lands in `artifact_path/`, a folder's contents too."""
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            inside = file.relative_to(path) if path.is_dir() else Path(file.name)
+            self._put(run_id, file, (Path(artifact_path or "") / inside).as_posix())
+
+    def _put(self, run_id: str, file: Path, target: str) -> None:
+        uri = (
+            self.artifact_uris.get(run_id)
+            or self._call("runs/get", run_id=run_id)["run"]["info"]["artifact_uri"]
+        )
+        parsed = urllib.parse.urlparse(uri)
+        if parsed.scheme == "file":
+            destination = Path(urllib.request.url2pathname(parsed.path)) / target
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            partial = destination.with_name(f".{destination.name}.partial")
+            shutil.copyfile(file, partial)
+            os.replace(partial, destination)
+        elif parsed.scheme == "mlflow-artifacts":
+            url = f"{self.tracking_uri}/api/2.0/mlflow-artifacts/artifacts"
+            url += urllib.parse.quote(f"{parsed.path.rstrip('/')}/{target}")
+            request = urllib.request.Request(url, data=file.read_bytes(), method="PUT")
+            self._send(request)
+        else:
+            raise HypermetaError(
+                f"the run's artifact location {uri} is neither a local folder nor served by "
+                f"the MLflow server at {self.tracking_uri}; start that server with "
+                "--serve-artifacts, or log to the project's own store."
+            )
+
+    def run_status(self, run_id: str) -> str:
+        return self._call("runs/get", run_id=run_id)["run"]["info"]["status"]
+
+    def set_terminated(self, run_id: str, status: str) -> None:
+        body = {"run_id": run_id, "status": status, "end_time": int(time.time() * 1000)}
+        self._call("runs/update", body)
+
+    def find_run(self, experiment_id: str, tag: str, value: str) -> str | None:
+        found = self._call(
+            "runs/search",
+            {
+                "experiment_ids": [experiment_id],
+                "filter": f"tags.`{tag}` = '{value}'",
+                "max_results": 1,
+            },
+        )
+        runs = found.get("runs", [])
+        return runs[0]["info"]["run_id"] if runs else None
+
+
+def open_store(uri: str) -> Store:
+    return HttpStore(uri) if uri.startswith(("http://", "https://")) else SqlStore(uri)
+
+
 class MlflowTracker:
-    def __init__(self, client: Any, run_id: str) -> None:
-        self.client = client
+    def __init__(self, store: Store, run_id: str) -> None:
+        self.store = store
         self.run_id = run_id
 
     def log_params(self, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
-
-        flat = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+        flat = [(k, str(v)[:6000]) for k, v in flatten(params).items()]
         for start in range(0, len(flat), 100):
-            self.client.log_batch(self.run_id, params=flat[start : start + 100])
+            self.store.log_batch(self.run_id, dict(flat[start : start + 100]), [])
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        import time
-
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
         batch = [
-            Metric(k, float(v), now, step or 0)
+            (k, float(v), now, step or 0)
             for k, v in metrics.items()
             if isinstance(v, int | float) and not isinstance(v, bool)
         ]
         if batch:
-            self.client.log_batch(self.run_id, metrics=batch)
+            self.store.log_batch(self.run_id, {}, batch)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        path = Path(path)
-        if path.is_dir():
-            self.client.log_artifacts(self.run_id, str(path), artifact_path)
-        else:
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
+        self.store.log_artifact(self.run_id, Path(path), artifact_path)
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -90,8 +305,27 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def project_store_uri(root: Path) -> str:
+    """The project's own store, which its pipeline server serves too."""
+    return f"sqlite:///{Path(root).resolve()}/mlflow.db"
+
+
+def artifact_root(root: Path) -> str:
+    return (Path(root).resolve() / "mlartifacts").as_uri()
+
+
 def tracking_uri(root: Path) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve()}/mlflow.db"
+    """Where this process logs (see the module's docstring)."""
+    if os.environ.get(URI_ENV):
+        return os.environ[URI_ENV]
+    if os.environ.get(SERVER_ENV):
+        return os.environ[SERVER_ENV]
+    key = invocation_key()
+    if key is not None:
+        from hypermeta.tracking_server import ensure_server
+
+        return ensure_server(root, key)
+    return project_store_uri(root)
 
 
 def _lock(uri: str):
@@ -101,21 +335,15 @@ def _lock(uri: str):
     return FileLock(Path(tempfile.gettempdir()) / f"hypermeta-mlflow-{digest}.lock")
 
 
-def init_store(root: Path, experiment_name: str) -> str:
-    """Create the store and experiment once (first use by parallel processes races);
-    return the experiment id."""
-    from mlflow.tracking import MlflowClient
-
-    uri = tracking_uri(root)
-    with _lock(uri):
-        client = MlflowClient(uri)
-        experiment = client.get_experiment_by_name(experiment_name)
-        if experiment is not None:
-            return experiment.experiment_id
-        location = None
-        if uri.startswith("sqlite:"):
-            location = (Path(root).resolve() / "mlartifacts").as_uri()
-        return client.create_experiment(experiment_name, artifact_location=location)
+def init_store(root: Path, store: Store, experiment_name: str) -> str:
+    """Create the experiment once (first use by parallel processes races); return its id.
+    In the project's store its artifacts go to `<repo>/mlartifacts`."""
+    with _lock(store.tracking_uri):
+        experiment_id = store.experiment_id(experiment_name)
+        if experiment_id is not None:
+            return experiment_id
+        own = not os.environ.get(URI_ENV) or store.tracking_uri.startswith("sqlite:")
+        return store.create_experiment(experiment_name, artifact_root(root) if own else None)
 
 
 def git_commit(root: Path) -> str:
@@ -128,12 +356,12 @@ def git_commit(root: Path) -> str:
     return f"{commit}-dirty" if dirty else commit
 
 
-def invocation_key() -> str | None:
+def invocation_key(include_self: bool = False) -> str | None:
     """Identify the snakemake or dvc process this stage runs under (pid + start time)."""
     import psutil
 
     try:
-        process = psutil.Process().parent()
+        process = psutil.Process() if include_self else psutil.Process().parent()
         while process is not None:
             words = " ".join(process.cmdline()[:3])
             for engine in ("snakemake", "dvc"):
@@ -145,44 +373,38 @@ def invocation_key() -> str | None:
     return None
 
 
-def parent_run(client: Any, experiment_id: str, tags: dict[str, str]) -> str | None:
+def parent_run(store: Store, experiment_id: str, tags: dict[str, str]) -> str | None:
     """The parent run for this pipeline invocation, created on first use."""
     if os.environ.get(PARENT_ENV):
         return os.environ[PARENT_ENV]
     key = invocation_key()
     if key is None:
         return None
-    with _lock(client.tracking_uri + key):
-        found = client.search_runs(
-            [experiment_id], filter_string=f"tags.`hypermeta.invocation` = '{key}'", max_results=1
-        )
+    with _lock(store.tracking_uri + key):
+        found = store.find_run(experiment_id, "hypermeta.invocation", key)
         if found:
-            return found[0].info.run_id
+            return found
         engine = key.split("-")[0]
-        run = client.create_run(
+        return store.create_run(
             experiment_id,
-            run_name=f"pipeline ({engine})",
-            tags={**tags, "hypermeta.invocation": key, "hypermeta.stage": "pipeline"},
+            f"pipeline ({engine})",
+            {**tags, "hypermeta.invocation": key, "hypermeta.stage": "pipeline"},
         )
-        return run.info.run_id
 
 
 def start_pipeline_run(root: Path, experiment_name: str, profile: str, engine: str) -> str:
     """Create the parent run for a pipeline invocation (the Snakefile's onstart)."""
-    from mlflow.tracking import MlflowClient
-
-    experiment_id = init_store(root, experiment_name)
-    client = MlflowClient(tracking_uri(root))
-    run = client.create_run(
+    store = open_store(tracking_uri(root))
+    experiment_id = init_store(root, store, experiment_name)
+    return store.create_run(
         experiment_id,
-        run_name=f"pipeline ({engine})",
-        tags={
+        f"pipeline ({engine})",
+        {
             "hypermeta.stage": "pipeline",
             "hypermeta.profile": profile,
             "hypermeta.git_commit": git_commit(root),
         },
     )
-    return run.info.run_id
 
 
 @contextmanager
@@ -198,25 +420,23 @@ def stage_run(
     if os.environ.get(DISABLE_ENV, "").lower() == "off":
         yield NullTracker()
         return
-    from mlflow.tracking import MlflowClient
-
-    experiment_id = init_store(root, experiment_name)
-    client = MlflowClient(tracking_uri(root))
+    store = open_store(tracking_uri(root))
+    experiment_id = init_store(root, store, experiment_name)
     base_tags = {"hypermeta.git_commit": git_commit(root), **(tags or {})}
-    parent_id = parent_run(client, experiment_id, base_tags)
+    parent_id = parent_run(store, experiment_id, base_tags)
     run_tags = {**base_tags, "hypermeta.stage": stage}
     if experiment:
         run_tags["hypermeta.experiment"] = experiment
     if parent_id:
         run_tags["mlflow.parentRunId"] = parent_id
     name = f"{stage}:{experiment}" if experiment else stage
-    run_id = client.create_run(experiment_id, run_name=name, tags=run_tags).info.run_id
+    run_id = store.create_run(experiment_id, name, run_tags)
     status = "FAILED"
     try:
-        yield MlflowTracker(client, run_id)
+        yield MlflowTracker(store, run_id)
         status = "FINISHED"
     finally:
-        client.set_terminated(run_id, status)
+        store.set_terminated(run_id, status)
         # The parent ends with its latest stage, and once FAILED stays FAILED.
-        if parent_id and client.get_run(parent_id).info.status != "FAILED":
-            client.set_terminated(parent_id, status)
+        if parent_id and store.run_status(parent_id) != "FAILED":
+            store.set_terminated(parent_id, status)

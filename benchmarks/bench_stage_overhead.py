@@ -1,0 +1,232 @@
+"""Fixed cost of a pipeline stage job: a job of a tiny experiment against the same work
+done in one process, and where a job's start-up time goes (its import profile).
+
+The project is copied to a scratch folder whose params.yaml holds one tiny experiment
+(maml_sine with a few meta-iterations: generated data, nothing to download). Each stage
+(train, evaluate, visualize) runs as a job, `python pipeline/<stage>.py tiny`, at one
+thread as Snakemake runs it, in three tracking modes:
+  server  logging over HTTP to the invocation's `mlflow server` (what the pipeline does),
+  sqlite  no server: mlflow's client on the project's sqlite store (a stage run by hand),
+  off     HYPERMETA_TRACKING=off;
+and then the same stages in one process, imports paid once, logging to the same server.
+Fixed cost per job = median job time - median in-process time of that stage.
+
+Usage: python benchmarks/bench_stage_overhead.py [--quick] [--project DIR]
+(--project: copy another checkout, e.g. an older commit, to measure it the same way.)
+Prints a table and writes benchmarks/results/stage_overhead.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+STAGES = ("train", "evaluate", "visualize")
+# Two tiny experiments: a classifier (the common path) and MAML on sine, whose vmapped
+# inner loop takes gradients with torch.func, which imports torch._dynamo.
+TINY = {
+    "tiny_cnn": {
+        "method": "cnn",
+        "dataset": "mnist",
+        "model": {"filters": 4, "kernel_size": 3},
+        "train": {"epochs": 1, "batch_size": 64, "max_train_examples": 256, "device": "cpu"},
+    },
+    "tiny_sine": {
+        "method": "maml_regression",
+        "dataset": "sine",
+        "model": {"mlp_hidden": [40, 40], "inner_steps": 1, "inner_lr": 0.01},
+        "train": {"meta_iterations": 20, "meta_batch": 5, "k_shot": 10, "n_query": 10,
+                  "outer_lr": 0.001, "log_every": 10, "checkpoint_every": 10, "device": "cpu"},
+        "eval": {"shots": [5], "n_tasks": 20, "steps": [0, 1]},
+    },
+}  # fmt: skip
+
+
+def scratch_project(source: Path) -> Path:
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=source, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    root = Path(tempfile.mkdtemp(prefix="hypermeta-bench-"))
+    for name in files:
+        if (source / name).is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / name, root / name)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params.update(profile="quick", experiments=TINY, references={})
+    params["data"]["datasets"] = {name: ["mnist", "sine"] for name in params["profiles"]}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    return root
+
+
+def job_env(root: Path, mode: str, server: str | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HYPERMETA_", "MLFLOW_"))}
+    if os.environ.get("HYPERMETA_DATA_MIRROR"):
+        env["HYPERMETA_DATA_MIRROR"] = os.environ["HYPERMETA_DATA_MIRROR"]
+    env.update(PYTHONPATH=str(root / "src"), OMP_NUM_THREADS="1")
+    if mode == "off":
+        env["HYPERMETA_TRACKING"] = "off"
+    elif mode == "server":
+        env["HYPERMETA_MLFLOW_SERVER"] = server or ""
+    return env
+
+
+def run_job(root: Path, stage: str, experiment: str, env: dict[str, str]) -> float:
+    if stage == "train":
+        shutil.rmtree(root / "models" / experiment, ignore_errors=True)  # else it resumes
+    began = time.perf_counter()
+    subprocess.run(
+        [sys.executable, f"pipeline/{stage}.py", experiment], cwd=root, env=env, check=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    return time.perf_counter() - began
+
+
+IN_PROCESS = """
+import json, shutil, sys, time
+import torch
+torch.set_num_threads(1)
+from hypermeta import stages
+rounds, experiments, names = int(sys.argv[1]), sys.argv[2].split(","), sys.argv[3:]
+times = {e: {stage: [] for stage in names} for e in experiments}
+for _ in range(rounds):
+    for experiment in experiments:
+        for stage in names:
+            if stage == "train":
+                shutil.rmtree(f"models/{experiment}", ignore_errors=True)
+            began = time.perf_counter()
+            getattr(stages, stage)(experiment)
+            times[experiment][stage].append(time.perf_counter() - began)
+print(json.dumps(times))
+"""
+
+
+def in_process(root: Path, repeats: int, env: dict[str, str]) -> dict[str, dict[str, list]]:
+    out = subprocess.run(
+        [sys.executable, "-c", IN_PROCESS, str(repeats + 1), ",".join(TINY), *STAGES],
+        cwd=root, env=env, check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    times = json.loads(out.strip().splitlines()[-1])
+    # the first round pays the imports and the first calls
+    return {e: {s: v[1:] for s, v in stages.items()} for e, stages in times.items()}
+
+
+def import_profile(
+    root: Path, stage: str, experiment: str, env: dict[str, str], top: int = 6
+) -> list[tuple[str, float]]:
+    """Cumulative import seconds of the top-level imports of one job."""
+    if stage == "train":
+        shutil.rmtree(root / "models" / experiment, ignore_errors=True)
+    err = subprocess.run(
+        [sys.executable, "-X", "importtime", f"pipeline/{stage}.py", experiment],
+        cwd=root, env=env, capture_output=True, text=True, check=True,
+    ).stderr  # fmt: skip
+    cumulative: dict[str, float] = {}
+    for line in err.splitlines():
+        match = re.match(r"import time:\s+\d+ \|\s+(\d+) \| (\S+)$", line)  # unindented
+        if match:
+            cumulative[match.group(2)] = (
+                cumulative.get(match.group(2), 0.0) + int(match.group(1)) / 1e6
+            )
+    return sorted(cumulative.items(), key=lambda item: -item[1])[:top]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="3 rounds instead of 7")
+    parser.add_argument("--project", type=Path, default=Path(__file__).resolve().parents[1])
+    args = parser.parse_args()
+    repeats = 3 if args.quick else 7
+    root = scratch_project(args.project.resolve())
+    base = job_env(root, "off", None)
+    for step in ("download", "split"):
+        subprocess.run([sys.executable, f"pipeline/{step}.py"], cwd=root, env=base, check=True,
+                       capture_output=True)  # fmt: skip
+
+    sys.path.insert(0, str(root / "src"))
+    server = None
+    watched = subprocess.Popen(["sleep", "3600"])  # stands in for the invocation's process
+    try:
+        import psutil
+
+        created = f"{psutil.Process(watched.pid).create_time():.0f}"
+        try:
+            from hypermeta.tracking_server import ensure_server
+
+            server = ensure_server(root, f"bench-{watched.pid}-{created}")
+        except ImportError:  # an older checkout, without the pipeline's server
+            print("(this checkout has no pipeline server: sqlite and off only)")
+        modes = ["server", "sqlite", "off"] if server else ["sqlite", "off"]
+        jobs = {m: {e: {s: [] for s in STAGES} for e in TINY} for m in modes}
+        for _ in range(repeats):  # modes take turns, so load on the machine falls alike
+            for mode in modes:
+                env = job_env(root, mode, server)
+                for experiment in TINY:
+                    for stage in STAGES:
+                        jobs[mode][experiment][stage].append(run_job(root, stage, experiment, env))
+        reference = job_env(root, "server" if server else "sqlite", server)
+        alone = in_process(root, repeats, reference)
+        profiles = {
+            f"{stage} {experiment}": import_profile(root, stage, experiment, reference)
+            for experiment in TINY
+            for stage in STAGES
+        }
+    finally:
+        watched.kill()
+
+    median = statistics.median
+    rows = [
+        {"mode": mode, "experiment": experiment, "stage": stage,
+         "job_s": median(jobs[mode][experiment][stage]),
+         "in_process_s": median(alone[experiment][stage]),
+         "fixed_cost_s": median(jobs[mode][experiment][stage]) - median(alone[experiment][stage])}
+        for mode in modes for experiment in TINY for stage in STAGES
+    ]  # fmt: skip
+    print(f"{'mode':7s} {'experiment':10s} {'stage':10s} {'job s':>6s} {'in-process s':>13s} "
+          f"{'fixed cost s':>13s}")  # fmt: skip
+    for row in rows:
+        print(f"{row['mode']:7s} {row['experiment']:10s} {row['stage']:10s} {row['job_s']:6.2f} "
+              f"{row['in_process_s']:13.2f} {row['fixed_cost_s']:13.2f}")  # fmt: skip
+    summary = {}
+    for mode in modes:
+        for experiment in TINY:
+            costs = [
+                r["fixed_cost_s"]
+                for r in rows
+                if (r["mode"], r["experiment"]) == (mode, experiment)
+            ]
+            summary[f"{mode} {experiment}"] = median(costs)
+            print(f"median fixed cost per job, {mode}, {experiment}: {median(costs):.2f} s")
+    print("import profile (cumulative s of top-level imports):")
+    for job, profile in profiles.items():
+        print(f"  {job:20s} " + ", ".join(f"{name} {seconds:.2f}" for name, seconds in profile))
+    result = {
+        "benchmark": "stage_overhead",
+        "project": str(args.project),
+        "repeats": repeats,
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+        "rows": rows,
+        "median_fixed_cost_s": summary,
+        "import_profile_s": {job: dict(profile) for job, profile in profiles.items()},
+    }
+    out = Path(__file__).parent / "results" / "stage_overhead.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

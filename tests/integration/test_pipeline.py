@@ -186,6 +186,9 @@ def _free_port() -> int:
 def test_runs_are_reviewable_through_a_real_mlflow_server(project):
     from mlflow.tracking import MlflowClient
 
+    # the pipeline logged through its own server (tracking_server.py), stopped at its end
+    assert (project.root / ".hypermeta" / "mlflow-server.log").exists()
+    assert not (project.root / ".hypermeta" / "mlflow-server.json").exists()
     port = _free_port()
     server = subprocess.Popen(
         [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),

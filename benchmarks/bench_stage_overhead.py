@@ -11,8 +11,10 @@ thread as Snakemake runs it, in three tracking modes:
 and then the same stages in one process, imports paid once, logging to the same server.
 Fixed cost per job = median job time - median in-process time of that stage.
 
-Usage: python benchmarks/bench_stage_overhead.py [--quick] [--project DIR]
-(--project: copy another checkout, e.g. an older commit, to measure it the same way.)
+Usage: python benchmarks/bench_stage_overhead.py [--quick] [--against REVISION]
+(--against: also measure that git revision, e.g. the commit before a change, in the same
+run, taking turns with this checkout; a revision without the pipeline server has no
+"server" mode.)
 Prints a table and writes benchmarks/results/stage_overhead.json.
 """
 
@@ -144,43 +146,84 @@ def import_profile(
     return sorted(cumulative.items(), key=lambda item: -item[1])[:top]
 
 
+def export_revision(revision: str) -> Path:
+    """A checkout of `revision` of this repository, to measure the same way."""
+    folder = Path(tempfile.mkdtemp(prefix="hypermeta-rev-"))
+    repo = Path(__file__).resolve().parents[1]
+    archive = subprocess.run(
+        ["git", "archive", revision], cwd=repo, capture_output=True, check=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
+    subprocess.run(["git", "init", "-q"], cwd=folder, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=folder, check=True)
+    return folder
+
+
+def prepare(source: Path) -> Path:
+    root = scratch_project(source)
+    for step in ("download", "split"):
+        env = job_env(root, "off", None)
+        command = [sys.executable, f"pipeline/{step}.py"]
+        done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
+        if done.returncode:
+            sys.exit(f"{step} failed in {root} (is HYPERMETA_DATA_MIRROR set?):\n{done.stderr}")
+    return root
+
+
+def start_server(root: Path, watched: subprocess.Popen) -> str | None:
+    """The pipeline's server for `root`, if its code has one (started by its own code)."""
+    import psutil
+
+    created = f"{psutil.Process(watched.pid).create_time():.0f}"
+    code = (
+        "import sys; from pathlib import Path\n"
+        "try:\n    from hypermeta.tracking_server import ensure_server\n"
+        "except ImportError:\n    sys.exit(3)\n"
+        f"print(ensure_server(Path('.'), 'bench-{watched.pid}-{created}'))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                            text=True, env=job_env(root, "off", None))  # fmt: skip
+    if result.returncode == 3:
+        return None
+    result.check_returncode()
+    return result.stdout.strip()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 rounds instead of 7")
-    parser.add_argument("--project", type=Path, default=Path(__file__).resolve().parents[1])
+    parser.add_argument(
+        "--against", metavar="REVISION", help="also measure this git revision, taking turns"
+    )
     args = parser.parse_args()
     repeats = 3 if args.quick else 7
-    root = scratch_project(args.project.resolve())
-    base = job_env(root, "off", None)
-    for step in ("download", "split"):
-        subprocess.run([sys.executable, f"pipeline/{step}.py"], cwd=root, env=base, check=True,
-                       capture_output=True)  # fmt: skip
-
-    sys.path.insert(0, str(root / "src"))
-    server = None
-    watched = subprocess.Popen(["sleep", "3600"])  # stands in for the invocation's process
+    sources = {"this checkout": Path(__file__).resolve().parents[1]}
+    if args.against:
+        sources[args.against] = export_revision(args.against)
+    roots = {code: prepare(source) for code, source in sources.items()}
+    watched = subprocess.Popen(["sleep", "7200"])  # stands in for the invocation's process
     try:
-        import psutil
-
-        created = f"{psutil.Process(watched.pid).create_time():.0f}"
-        try:
-            from hypermeta.tracking_server import ensure_server
-
-            server = ensure_server(root, f"bench-{watched.pid}-{created}")
-        except ImportError:  # an older checkout, without the pipeline's server
-            print("(this checkout has no pipeline server: sqlite and off only)")
-        modes = ["server", "sqlite", "off"] if server else ["sqlite", "off"]
-        jobs = {m: {e: {s: [] for s in STAGES} for e in TINY} for m in modes}
-        for _ in range(repeats):  # modes take turns, so load on the machine falls alike
-            for mode in modes:
-                env = job_env(root, mode, server)
+        servers = {code: start_server(root, watched) for code, root in roots.items()}
+        runs = [(code, mode) for code in roots for mode in ("server", "sqlite", "off")
+                if mode != "server" or servers[code]]  # fmt: skip
+        jobs = {run: {e: {s: [] for s in STAGES} for e in TINY} for run in runs}
+        for _ in range(repeats):  # everything takes turns, so load falls on all alike
+            for code, mode in runs:
+                env = job_env(roots[code], mode, servers[code])
                 for experiment in TINY:
                     for stage in STAGES:
-                        jobs[mode][experiment][stage].append(run_job(root, stage, experiment, env))
-        reference = job_env(root, "server" if server else "sqlite", server)
-        alone = in_process(root, repeats, reference)
+                        seconds = run_job(roots[code], stage, experiment, env)
+                        jobs[code, mode][experiment][stage].append(seconds)
+        reference = {
+            code: job_env(root, "server" if servers[code] else "sqlite", servers[code])
+            for code, root in roots.items()
+        }
+        alone = {code: in_process(root, repeats, reference[code]) for code, root in roots.items()}
         profiles = {
-            f"{stage} {experiment}": import_profile(root, stage, experiment, reference)
+            f"{code}: {stage} {experiment}": import_profile(
+                root, stage, experiment, reference[code]
+            )
+            for code, root in roots.items()
             for experiment in TINY
             for stage in STAGES
         }
@@ -188,34 +231,35 @@ def main() -> None:
         watched.kill()
 
     median = statistics.median
-    rows = [
-        {"mode": mode, "experiment": experiment, "stage": stage,
-         "job_s": median(jobs[mode][experiment][stage]),
-         "in_process_s": median(alone[experiment][stage]),
-         "fixed_cost_s": median(jobs[mode][experiment][stage]) - median(alone[experiment][stage])}
-        for mode in modes for experiment in TINY for stage in STAGES
-    ]  # fmt: skip
-    print(f"{'mode':7s} {'experiment':10s} {'stage':10s} {'job s':>6s} {'in-process s':>13s} "
-          f"{'fixed cost s':>13s}")  # fmt: skip
-    for row in rows:
-        print(f"{row['mode']:7s} {row['experiment']:10s} {row['stage']:10s} {row['job_s']:6.2f} "
-              f"{row['in_process_s']:13.2f} {row['fixed_cost_s']:13.2f}")  # fmt: skip
-    summary = {}
-    for mode in modes:
+    rows = []
+    for code, mode in runs:
         for experiment in TINY:
-            costs = [
-                r["fixed_cost_s"]
-                for r in rows
-                if (r["mode"], r["experiment"]) == (mode, experiment)
-            ]
-            summary[f"{mode} {experiment}"] = median(costs)
-            print(f"median fixed cost per job, {mode}, {experiment}: {median(costs):.2f} s")
+            for stage in STAGES:
+                job = median(jobs[code, mode][experiment][stage])
+                work = median(alone[code][experiment][stage])
+                rows.append({"code": code, "mode": mode, "experiment": experiment,
+                             "stage": stage, "job_s": job, "in_process_s": work,
+                             "fixed_cost_s": job - work})  # fmt: skip
+    print(f"{'code':14s} {'mode':7s} {'experiment':10s} {'stage':10s} {'job s':>6s} "
+          f"{'in-process s':>13s} {'fixed cost s':>13s}")  # fmt: skip
+    for row in rows:
+        print(
+            f"{row['code']:14s} {row['mode']:7s} {row['experiment']:10s} {row['stage']:10s} "
+            f"{row['job_s']:6.2f} {row['in_process_s']:13.2f} {row['fixed_cost_s']:13.2f}"
+        )
+    summary = {}
+    for code, mode in runs:
+        costs = [r["fixed_cost_s"] for r in rows if (r["code"], r["mode"]) == (code, mode)]
+        summary[f"{code}, {mode}"] = median(costs)
+        print(
+            f"median fixed cost per job ({len(costs)} jobs), {code}, {mode}: {median(costs):.2f} s"
+        )
     print("import profile (cumulative s of top-level imports):")
     for job, profile in profiles.items():
-        print(f"  {job:20s} " + ", ".join(f"{name} {seconds:.2f}" for name, seconds in profile))
+        print(f"  {job:36s} " + ", ".join(f"{name} {seconds:.2f}" for name, seconds in profile))
     result = {
         "benchmark": "stage_overhead",
-        "project": str(args.project),
+        "against": args.against,
         "repeats": repeats,
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
         "rows": rows,
@@ -225,7 +269,8 @@ def main() -> None:
     out = Path(__file__).parent / "results" / "stage_overhead.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    shutil.rmtree(root, ignore_errors=True)
+    for folder in [*roots.values(), *list(sources.values())[1:]]:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

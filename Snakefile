@@ -11,11 +11,11 @@ import yaml
 from hypermeta.config import load_params, resolve, set_profile
 from hypermeta.dag import (
     SOURCES_STAGE,
+    commit,
     commit_finished,
     dvc_stages,
     is_directory,
     load_lock,
-    mark_finished,
     mark_finished_command,
     params_file,
     snakemake_inputs,
@@ -28,9 +28,10 @@ PARAMS = load_params("params.yaml")
 RAW_PARAMS = yaml.safe_load(open("params.yaml"))
 # dvc.yaml's `sources` stage runs here, as the DAG is built, not as a job: Snakemake reruns
 # every job downstream of a job it reruns, whereas a fingerprint file changes (and so
-# reruns its stages) only when a file that its stages run does.
+# reruns its stages) only when a file that its stages run does. Committed at once (0.6 s):
+# a source edit that changes no fingerprint leaves Snakemake nothing to do, and no end.
 write_fingerprints()
-mark_finished(SOURCES_STAGE)
+commit([SOURCES_STAGE])
 STAGES = [stage for stage in dvc_stages() if stage.name != SOURCES_STAGE]
 LOCK = load_lock()
 

@@ -5,7 +5,7 @@ Keeping them in step both ways:
 - each Snakemake job marks its stage finished; when the run ends (well or not) the
   finished stages are recorded in dvc.lock at once (so `dvc status` is clean);
 - dvc.yaml's `sources` stage (what each stage runs, hypermeta.sources) runs when the
-  Snakefile builds its DAG rather than as a job, and is committed with the finished ones;
+  Snakefile builds its DAG rather than as a job, and is committed to dvc.lock there;
 - Snakemake sees parameter edits through one small JSON file per stage holding the
   stage's params values; it is rewritten when the values change, but dated to the epoch
   when dvc.lock already records these values, i.e. when `dvc repro` has run the stage
@@ -130,12 +130,6 @@ def load_lock(root: Path = Path(".")) -> dict[str, Any]:
 
 
 FINISHED_DIR = Path(".snakemake/hypermeta-finished")
-
-
-def mark_finished(stage: str) -> None:
-    """Remember `stage` as finished for `commit_finished`."""
-    FINISHED_DIR.mkdir(parents=True, exist_ok=True)
-    (FINISHED_DIR / stage).touch()
 
 
 def mark_finished_command(stage: str) -> str:

@@ -57,13 +57,16 @@ def imported_modules(path: Path, package: str) -> set[str]:
                 base = ".".join([*parent, base] if base else parent)
             names.add(base)
             names.update(f"{base}.{alias.name}" for alias in node.names)  # maybe modules
-    parents = {".".join(name.split(".")[:i]) for name in names for i in range(1, name.count(".") + 1)}
-    return names | parents
+    return names | {package for name in names for package in _packages_above(name)}
 
 
-def closure(roots: Iterable[str], root: Path = Path(".")) -> list[str]:
+def closure(
+    roots: Iterable[str], root: Path = Path("."), parsed: dict[Path, set[str]] | None = None
+) -> list[str]:
     """The project files that importing `roots` (module names, or script paths relative
-    to `root`) runs, as sorted paths relative to `root`."""
+    to `root`) runs, as sorted paths relative to `root`. `parsed` keeps each file's
+    imports for the next call (every stage's closure reads mostly the same files)."""
+    parsed = {} if parsed is None else parsed
     src = root / "src"
     todo: list[tuple[Path, str]] = []
     for name in roots:
@@ -81,8 +84,10 @@ def closure(roots: Iterable[str], root: Path = Path(".")) -> list[str]:
         if path in seen:
             continue
         seen.add(path)
-        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-        for name in imported_modules(path, package):
+        if path not in parsed:
+            package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+            parsed[path] = imported_modules(path, package)
+        for name in parsed[path]:
             found = module_file(name, src)
             if found is not None and found not in seen:
                 todo.append((found, name))
@@ -127,10 +132,15 @@ def fingerprints(root: Path = Path(".")) -> dict[str, dict[str, str]]:
         for stage in STAGES
         for method in (sorted(METHODS) if stage in PER_EXPERIMENT else [None])
     }
+    parsed: dict[Path, set[str]] = {}
+    md5 = {
+        str(path.relative_to(root)): hashlib.md5(path.read_bytes()).hexdigest()
+        for folder in ("src", "pipeline")
+        for path in (root / folder).rglob("*.py")
+    }
     return {
-        name: {path: hashlib.md5((root / path).read_bytes()).hexdigest() for path in files}
+        name: {path: md5[path] for path in closure(roots, root, parsed)}
         for name, roots in wanted.items()
-        for files in [closure(roots, root)]
     }
 
 

@@ -10,8 +10,8 @@ evaluate  from the final models: R's last row again, average final accuracy and
           with the task inferred as the one of lowest predictive entropy (HNET+ENT):
           CL2 (domain-incremental: within-task label right) and CL3 (task and label
           right). 95% CIs over seeds when there are several, else over test examples.
-compare_columns: the group's methods side by side in one table in the report (the
-          figures: plots/continual.py).
+report    the group's methods side by side in one table (`compare_columns`); the
+          figures are plots/continual.py's.
 """
 
 from __future__ import annotations

@@ -14,9 +14,17 @@ from typing import NoReturn
 
 from hypermeta.errors import HypermetaError
 
-# The pipeline's stages (dvc.yaml), each a function of hypermeta.stages; those run per
-# experiment take its name.
-STAGES = ("download", "split", "train", "evaluate", "visualize", "report")
+# The pipeline's stages (dvc.yaml), each a function of the same name in the module named
+# here, imported only by its own stage: what a stage imports is what it runs, which its
+# dvc.yaml fingerprint lists (hypermeta.sources). Those run per experiment take its name.
+STAGES = {
+    "download": "hypermeta.stages",
+    "split": "hypermeta.stages",
+    "train": "hypermeta.stages",
+    "evaluate": "hypermeta.stages",
+    "visualize": "hypermeta.plots",
+    "report": "hypermeta.report",
+}
 PER_EXPERIMENT = {"train", "evaluate", "visualize"}
 # User tools beyond the stages: each module exposes TOOL = (help, setup(subparser)).
 TOOL_MODULES = {"fewshot": "hypermeta.fewshot_cli", "lm": "hypermeta.lm_cli"}
@@ -30,9 +38,7 @@ def _stage(name: str) -> Callable[[argparse.Namespace], object]:
             # before importing the stages (torch, mlflow): a skipped stage takes ~0.3 s
             if why := skip_reason(args.experiment):
                 return write_records(name, args.experiment, why)
-        from hypermeta import stages
-
-        function = getattr(stages, name)
+        function = getattr(importlib.import_module(STAGES[name]), name)
         return function(args.experiment) if name in PER_EXPERIMENT else function()
 
     return run

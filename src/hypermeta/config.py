@@ -223,6 +223,11 @@ def resolve(params: Params, name: str, profile: str | None = None) -> Experiment
     runs = runs_under(entry.run_in, profile)
     base = entry.model_dump(exclude={"profiles", "run_in"})  # run_in changes no result
     override = entry.profiles.get(profile, {})
+    if "method" in override:  # dvc.yaml's stages depend on the code of the entry's method
+        raise HypermetaError(
+            f"params.yaml: {where}.profiles.{profile}.method: a profile cannot change an "
+            "experiment's method; define another experiment for it."
+        )
     merged = deep_merge(base, override)
     merged = validate_section(
         ExperimentEntry, merged, where, (f"{where}.profiles.{profile}", override)

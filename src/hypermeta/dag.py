@@ -4,6 +4,8 @@ for DVC's resolved stages and turns each into a rule, so the engines cannot drif
 Keeping them in step both ways:
 - each Snakemake job marks its stage finished; when the run ends (well or not) the
   finished stages are recorded in dvc.lock at once (so `dvc status` is clean);
+- dvc.yaml's `sources` stage (what each stage runs, hypermeta.sources) runs when the
+  Snakefile builds its DAG rather than as a job, and is committed to dvc.lock there;
 - Snakemake sees parameter edits through one small JSON file per stage holding the
   stage's params values; it is rewritten when the values change, but dated to the epoch
   when dvc.lock already records these values, i.e. when `dvc repro` has run the stage
@@ -26,6 +28,7 @@ from typing import Any
 import yaml
 
 PARAMS_DIR = Path(".snakemake/hypermeta-params")
+SOURCES_STAGE = "sources"
 
 
 @dataclass

@@ -16,6 +16,7 @@ from hypermeta.atomic import write_text
 from hypermeta.config import Experiment, Params, Reference, resolve
 from hypermeta.engine import get_engine
 from hypermeta.errors import HypermetaError
+from hypermeta.plots import get_plotter
 from hypermeta.tracking import git_commit
 
 CI_SUFFIXES = ("_ci_low", "_ci_high", "_ci95")
@@ -219,9 +220,10 @@ def write_report(params: Params, staging: Path) -> None:
             raise HypermetaError(
                 f"params.yaml: group {group!r} mixes engine kinds {sorted(kinds)}."
             )
-        engine = get_engine(kinds.pop())
+        kind = kinds.pop()
+        engine = get_engine(kind)
         contexts = [stage_context(exp, NullTracker()) for exp in members]
-        paths = engine.compare(contexts, figures / group, group)
+        paths = get_plotter(kind).compare(contexts, figures / group, group)
         if not (paths or engine.compare_columns):
             continue
         md += [f"## Compared: {group}", ""]
@@ -251,3 +253,15 @@ def write_report(params: Params, staging: Path) -> None:
         f"<style>{style}</style></head><body>{''.join(body)}</body></html>"
     )
     write_text(staging / "index.html", page)
+
+
+def report() -> Path:
+    """The report stage (dvc.yaml)."""
+    from hypermeta.config import load_params
+    from hypermeta.stages import child_run
+
+    params = load_params()
+    with child_run(params, "report", reads=params.model_dump()) as tracker:
+        folder = build_report(params, Path("reports"))
+        tracker.log_artifact(folder, "report")
+        return folder

@@ -1,4 +1,6 @@
-"""The pipeline stages. Each reads only its own params, writes only its declared
+"""The pipeline stages but visualize (hypermeta.plots) and report (hypermeta.report): each
+lives with what it runs, so that what a stage imports is what it runs (its dvc.yaml
+fingerprint, hypermeta.sources). Each reads only its own params, writes only its declared
 outputs (atomically), and logs a child MLflow run. `pipeline/*.py` and the CLI call these."""
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ PREPARED = Path("data/prepared")
 
 
 @contextmanager
-def _run(
+def child_run(
     params: Params, stage: str, exp: Experiment | None = None, reads: Any = None
 ) -> Iterator[Tracker]:
     """A child run; `reads` is the params a stage without an experiment depends on."""
@@ -63,7 +65,7 @@ def download() -> None:
 
     params = load_params()
     mirror = mirror_location(params.data.mirror, repo_root())
-    with _run(params, "download", reads=data_params(params)) as tracker:
+    with child_run(params, "download", reads=data_params(params)) as tracker:
         datasets = params.data.datasets[params.profile]
         tracker.log_params({"datasets": ",".join(datasets), "mirror": mirror or ""})
         for dataset in datasets:
@@ -74,7 +76,7 @@ def split() -> None:
     from hypermeta.data.prepare import prepare
 
     params = load_params()
-    with _run(params, "split", reads=data_params(params)) as tracker:
+    with child_run(params, "split", reads=data_params(params)) as tracker:
         tracker.log_params(params.data.split.model_dump())
         for dataset in params.data.datasets[params.profile]:
             manifest = prepare(dataset, RAW, PREPARED, params.data.split)
@@ -85,7 +87,7 @@ def split() -> None:
 def train(name: str) -> None:
     params = load_params()
     exp = resolve(params, name)
-    with _run(params, "train", exp) as tracker:
+    with child_run(params, "train", exp) as tracker:
         ctx = stage_context(exp, tracker)
         get_engine(exp.kind).train(ctx)
         tracker.log_artifact(ctx.model_path, "model")
@@ -97,7 +99,7 @@ def train(name: str) -> None:
 def evaluate(name: str) -> dict[str, Any]:
     params = load_params()
     exp = resolve(params, name)
-    with _run(params, "evaluate", exp) as tracker:
+    with child_run(params, "evaluate", exp) as tracker:
         ctx = stage_context(exp, tracker)
         metrics = get_engine(exp.kind).evaluate(ctx)
         tracker.log_metrics(metrics)
@@ -113,24 +115,3 @@ def evaluate(name: str) -> dict[str, Any]:
         write_json(ctx.metrics_dir / "metrics.json", record)
         tracker.log_artifact(ctx.metrics_dir / "metrics.json")
         return record
-
-
-def visualize(name: str) -> list[Path]:
-    params = load_params()
-    exp = resolve(params, name)
-    with _run(params, "visualize", exp) as tracker:
-        ctx = stage_context(exp, tracker)
-        paths = get_engine(exp.kind).visualize(ctx)
-        for path in paths:
-            tracker.log_artifact(path, "plots")
-        return paths
-
-
-def report() -> Path:
-    from hypermeta.report import build_report
-
-    params = load_params()
-    with _run(params, "report", reads=params.model_dump()) as tracker:
-        folder = build_report(params, Path("reports"))
-        tracker.log_artifact(folder, "report")
-        return folder

@@ -70,6 +70,18 @@ def dvc_ran(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
+def dvc_stale(project: Project) -> set[str]:
+    """The stages `dvc status` lists once `dvc repro sources` has refreshed what each
+    stage runs (before, a source edit shows only as `sources` changed)."""
+    project.run(sys.executable, "-m", "dvc", "repro", "sources")
+    output = project.run(sys.executable, "-m", "dvc", "status")
+    return set(re.findall(r"^(\S+):$", output, re.MULTILINE))
+
+
+def append_comment(path: Path) -> None:
+    path.write_text(path.read_text() + "# an edit that changes no behaviour\n")
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Project:
     if not (MIRROR / "README.md").exists():
@@ -104,8 +116,9 @@ def rules(stages: set[str]) -> set[str]:
 def test_both_engines_plan_every_stage_from_scratch(project):
     stages = project.run(sys.executable, "-m", "dvc", "stage", "list", "--name-only").split()
     planned_by_snakemake = snakemake_jobs(project.run("snakemake", "-n", "--cores", "2"))
-    assert {"download", "split", "train@cnn", "report"} <= set(stages)
-    assert planned_by_snakemake == rules(set(stages))
+    assert {"sources", "download", "split", "train@cnn", "report"} <= set(stages)
+    # `sources` runs as Snakemake builds its DAG, not as a job (Snakefile)
+    assert planned_by_snakemake == rules(set(stages) - {"sources"})
 
 
 def test_slurm_profile_dry_run_asks_for_each_experiments_resources(project):
@@ -270,4 +283,23 @@ def test_killed_training_resumes_and_completes(project):
     assert re.search(r"cnn: resuming after epoch [2-5] of 6", output), output[-3000:]
     history = json.loads((project.root / "models" / "cnn" / "history.json").read_text())
     assert [row["epoch"] for row in history] == [1, 2, 3, 4, 5, 6]
+    assert "Data and pipelines are up to date" in project.run(sys.executable, "-m", "dvc", "status")
+
+
+def test_editing_a_method_file_reruns_only_that_methods_experiments(project):
+    params = yaml.safe_load((project.root / "params.yaml").read_text())
+    using = [name for name, entry in params["experiments"].items() if entry["method"] == "protonet"]
+    expected = {f"{stage}@{name}" for stage in ("train", "evaluate", "visualize") for name in using}
+    expected |= {"report"}  # it tabulates every experiment
+    append_comment(project.root / "src" / "hypermeta" / "methods" / "protonet.py")
+    assert dvc_stale(project) == expected
+    assert snakemake_jobs(project.run("snakemake", "-n", "--cores", "2")) == rules(expected)
+    assert dvc_ran(project.run(sys.executable, "-m", "dvc", "repro")) == expected
+    assert "Nothing to be done" in project.run("snakemake", "-n", "--cores", "2")
+
+
+def test_editing_the_report_reruns_only_the_report(project):
+    append_comment(project.root / "src" / "hypermeta" / "report.py")
+    assert dvc_stale(project) == {"report"}
+    assert snakemake_jobs(project.run("snakemake", "--cores", "2")) == {"report"}
     assert "Data and pipelines are up to date" in project.run(sys.executable, "-m", "dvc", "status")

@@ -9,6 +9,7 @@ from hypermeta.engine import StageContext, get_engine
 from hypermeta.engine.checkpoint import Checkpointer
 from hypermeta.engine.device import resolve_device
 from hypermeta.errors import HypermetaError
+from hypermeta.plots import get_plotter
 from hypermeta.tracking import NullTracker
 
 
@@ -41,7 +42,7 @@ def test_models_learn_a_learnable_task_far_above_chance(prepared, method):
     assert metrics["test_accuracy"] > 0.9  # chance is 0.1
     low, high = metrics["test_accuracy_ci_low"], metrics["test_accuracy_ci_high"]
     assert low <= metrics["test_accuracy"] <= high and high - low > 0
-    paths = engine.visualize(ctx)
+    paths = get_plotter("classification").visualize(ctx)
     assert {p.name for p in paths} == {"filters.png", "curves.png"}
     assert all(p.stat().st_size > 1000 for p in paths)
 

@@ -43,6 +43,10 @@ def test_profile_overrides_are_merged_and_validated(tmp_path):
             "experiments.cnn.profiles.quick.train.epoks is not a known key",
         ),
         ({"experiments__cnn__dataset": "imagenet"}, "cnn.dataset: unknown dataset 'imagenet'"),
+        (  # its stages depend on its method's code (dvc.yaml), the same under every profile
+            {"experiments__cnn__profiles__quick__method": "hypercnn"},
+            "experiments.cnn.profiles.quick.method: a profile cannot change",
+        ),
     ],
 )
 def test_bad_params_name_the_key_path(tmp_path, edits, expected):

@@ -18,6 +18,7 @@ from hypermeta.errors import HypermetaError
 from hypermeta.methods import get_method
 from hypermeta.methods.fewshot_base import Episodes
 from hypermeta.nn.batch_stat_norm import BatchStatNorm
+from hypermeta.plots import get_plotter
 from hypermeta.tracking import NullTracker
 
 torch.set_num_threads(1)
@@ -397,10 +398,10 @@ def test_sine_maml_beats_the_pretrained_baseline_after_one_step(tmp_path):
     assert metrics["mse_k10_step1"] < 0.8 * metrics["baseline_mse_k10_step1"]
     assert metrics["mse_k5_step1"] < 0.8 * metrics["baseline_mse_k5_step1"]
     assert metrics["mse_k10_ci95"] > 0
-    paths = engine.visualize(ctx)
+    paths = get_plotter("regression").visualize(ctx)
     assert {p.name for p in paths} == {"curves.png", "adaptation_k5.png", "adaptation_k10.png"}
     write_json(ctx.metrics_dir / "metrics.json", metrics)  # what the evaluate stage writes
-    compared = engine.compare([ctx], tmp_path / "report", "sine")
+    compared = get_plotter("regression").compare([ctx], tmp_path / "report", "sine")
     assert [p.name for p in compared] == ["sine_mse_by_steps.png"] and compared[0].exists()
 
 

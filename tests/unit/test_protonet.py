@@ -17,6 +17,7 @@ from hypermeta.errors import HypermetaError
 from hypermeta.methods.fewshot_base import Episodes
 from hypermeta.methods.protonet import PrototypicalNetwork, prototypes
 from hypermeta.nn.conv4 import Conv4
+from hypermeta.plots.fewshot import FewShotPlotter
 
 
 def test_prototypes_are_class_means_even_with_unequal_shots():
@@ -114,7 +115,7 @@ def test_protonet_learns_omniglot_small_five_way_one_shot(tmp_path, data_dir):
     # the same episodes again, transductive: its own keys, the unsuffixed ones untouched
     assert metrics["accuracy_5way_1shot_transductive"] >= 0.75, metrics
     assert 0 < metrics["accuracy_5way_1shot_transductive_ci95"] < 0.05
-    paths = engine.visualize(ctx)
+    paths = FewShotPlotter().visualize(ctx)
     assert [p.name for p in paths] == ["curves.png", "episode.png", "data_split.txt"]
     split_note = paths[2].read_text()
     assert "by alphabet" in split_note and "batch norm at meta-test: running" in split_note

@@ -3,9 +3,8 @@
 train     writes <model_dir>/model.pt and history.json (per-epoch records), keeping a
           resumable <model_dir>/checkpoint.pt as it goes;
 evaluate  returns flat numeric metrics (the stage writes metrics.json);
-visualize writes PNG files into plots_dir and returns their paths;
-compare   (optional) draws one group's experiments together for the report;
-          `compare_columns` (optional) names the metrics the report tabulates for them.
+          `compare_columns` (optional) names the metrics the report tabulates for a group.
+Its figures (the visualize stage, the report's comparisons) are hypermeta.plots'.
 """
 
 from __future__ import annotations
@@ -57,10 +56,3 @@ class Engine(ABC):
 
     @abstractmethod
     def evaluate(self, ctx: StageContext) -> dict[str, Any]: ...
-
-    @abstractmethod
-    def visualize(self, ctx: StageContext) -> list[Path]: ...
-
-    def compare(self, contexts: list[StageContext], out_dir: Path, title: str) -> list[Path]:
-        """Figures comparing the trained experiments of one `group` (report stage)."""
-        return []

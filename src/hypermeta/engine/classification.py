@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -19,12 +18,11 @@ from hypermeta.engine import register
 from hypermeta.engine.base import Engine, StageContext
 from hypermeta.engine.checkpoint import Checkpointer
 from hypermeta.engine.device import DeviceName, adam, autocast, resolve_device
-from hypermeta.hyper import effective_parameters, parameter_cost
+from hypermeta.hyper import parameter_cost
 from hypermeta.methods import get_method
 from hypermeta.not_run import check_trained
 from hypermeta.progress import progress
 from hypermeta.stats import wilson_interval
-from hypermeta.viz import save_curves, save_filters
 
 
 class ClassificationTrain(StrictModel):
@@ -208,57 +206,6 @@ class ClassificationEngine(Engine):
         if featured:
             metrics[f"params_{featured.replace('.', '_')}"] = parameter_cost(model, featured)
         return metrics
-
-    def visualize(self, ctx: StageContext) -> list[Path]:
-        exp = ctx.experiment
-        model, saved = load_trained(ctx.model_path)
-        paths = []
-        featured = get_method(exp.method).featured_weight
-        if featured:
-            kernel = effective_parameters(model)[featured]
-            paths.append(
-                save_filters(
-                    {f"{exp.name} {featured}": kernel},
-                    ctx.plots_dir / "filters.png",
-                    f"{exp.name}: {featured} filters",
-                )
-            )
-        history = json.loads(ctx.history_path.read_text())
-        paths.append(
-            save_curves(
-                {exp.name: history},
-                {
-                    "loss": ["train_loss", "val_loss"],
-                    "accuracy": ["train_accuracy", "val_accuracy"],
-                },
-                ctx.plots_dir / "curves.png",
-                f"{exp.name}: learning curves",
-            )
-        )
-        return paths
-
-    def compare(self, contexts: list[StageContext], out_dir: Path, title: str) -> list[Path]:
-        kernels = {}
-        for ctx in contexts:
-            featured = get_method(ctx.experiment.method).featured_weight
-            if featured:
-                model, _ = load_trained(ctx.model_path)
-                kernels[f"{ctx.experiment.name} {featured}"] = effective_parameters(model)[featured]
-        paths = []
-        if kernels:
-            paths.append(save_filters(kernels, out_dir / "filters.png", f"{title}: filters"))
-        histories = {
-            ctx.experiment.name: json.loads(ctx.history_path.read_text()) for ctx in contexts
-        }
-        paths.append(
-            save_curves(
-                histories,
-                {"validation loss": ["val_loss"], "validation accuracy": ["val_accuracy"]},
-                out_dir / "curves.png",
-                f"{title}: learning curves",
-            )
-        )
-        return paths
 
 
 register(ClassificationEngine())

@@ -10,8 +10,8 @@ evaluate  from the final models: R's last row again, average final accuracy and
           with the task inferred as the one of lowest predictive entropy (HNET+ENT):
           CL2 (domain-incremental: within-task label right) and CL3 (task and label
           right). 95% CIs over seeds when there are several, else over test examples.
-visualize the accuracy-matrix heatmap; compare: average accuracy as tasks arrive, and
-          the group's methods side by side in one table (`compare_columns`).
+report    the group's methods side by side in one table (`compare_columns`); the
+          figures are plots/continual.py's.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from pydantic import Field
 from hypermeta.atomic import torch_save, write_json
 from hypermeta.config import StrictModel, validate_section
 from hypermeta.continual.learner import ContinualLearner
-from hypermeta.continual.plots import save_accuracy_as_tasks_arrive, save_accuracy_matrix
 from hypermeta.data.continual import SequenceKind, TaskSequence
 from hypermeta.data.prepare import load_manifest, load_split
 from hypermeta.engine import register
@@ -375,34 +374,6 @@ class ContinualEngine(Engine):
             "confidence": cfg.confidence,
         }
         return metrics
-
-    def visualize(self, ctx: StageContext) -> list[Path]:
-        exp = ctx.experiment
-        saved = load_trained(ctx.model_path)
-        seeds = len(saved["runs"])
-        return [
-            save_accuracy_matrix(
-                mean_matrix(saved),
-                ctx.plots_dir / "accuracy_matrix.png",
-                f"{exp.name}: test accuracy on task j after training task i"
-                + (f" (mean of {seeds} seeds)" if seeds > 1 else ""),
-            )
-        ]
-
-    def compare(self, contexts: list[StageContext], out_dir: Path, title: str) -> list[Path]:
-        curves = {}
-        for ctx in contexts:
-            if ctx.model_path.exists():
-                curves[ctx.experiment.name] = accuracy_as_tasks_arrive(
-                    mean_matrix(load_trained(ctx.model_path))
-                )
-        if not curves:
-            return []
-        return [
-            save_accuracy_as_tasks_arrive(
-                curves, out_dir / "average_accuracy_as_tasks_arrive.png", title
-            )
-        ]
 
 
 register(ContinualEngine())

@@ -13,7 +13,6 @@ over contiguous blocks. `lm_cli.py` runs the same `fit` / `token_bits` / `genera
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from hypermeta.atomic import torch_save, write_json, write_text
+from hypermeta.atomic import torch_save, write_json
 from hypermeta.config import StrictModel
 from hypermeta.data.prepare import load_manifest, load_split
 from hypermeta.data.text import Vocabulary, from_display, to_display
@@ -35,12 +34,11 @@ from hypermeta.engine.checkpoint import Checkpointer
 from hypermeta.engine.classification import build_model
 from hypermeta.engine.device import DeviceName, adam, autocast, resolve_device
 from hypermeta.errors import HypermetaError
-from hypermeta.hyper.hyperlstm import GATES, HyperLSTM
+from hypermeta.hyper.hyperlstm import HyperLSTM
 from hypermeta.nn.lstm import CharLanguageModel, State
 from hypermeta.not_run import check_trained
 from hypermeta.progress import progress
 from hypermeta.stats import mean_interval
-from hypermeta.viz import _save, pyplot, save_curves
 
 LN2 = math.log(2.0)
 
@@ -352,31 +350,6 @@ def hyper_scales(model: CharLanguageModel, vocab: Vocabulary, text: str) -> Tens
     return steps.view(len(tokens), 4, -1).permute(1, 2, 0).cpu()
 
 
-def save_scale_heatmap(scales: Tensor, text: str, path: Path, title: str, units: int = 32) -> Path:
-    """One heatmap per gate: rows are hidden units, columns the characters read."""
-    figure, axes = pyplot().subplots(4, 1, figsize=(max(6.0, 0.32 * len(text)), 9), squeeze=False)
-    limit = (scales[:, :units] - 1).abs().max().item() or 1e-6
-    for ax, gate, values in zip(axes[:, 0], GATES, scales, strict=True):
-        image = ax.imshow(values[:units] - 1, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit)
-        ax.set_ylabel(f"{gate}\nunit")
-        ax.set_xticks(range(len(text)))
-        ax.set_xticklabels(["␣" if ch == " " else ch for ch in text], fontsize=8)
-    figure.colorbar(image, ax=axes[:, 0].tolist(), label="scale of W_h row − 1")
-    figure.suptitle(title)
-    return _save(figure, path)
-
-
-def _samples_text(model: CharLanguageModel, vocab: Vocabulary, cfg: LanguageModelEval) -> str:
-    parts = []
-    for temperature in cfg.sample_temperatures:
-        text, unknown = generate(
-            model, vocab, cfg.sample_prime, cfg.sample_length, temperature, cfg.seed
-        )
-        note = f", prime characters unknown to the model: {unknown}" if unknown else ""
-        parts.append(f"--- temperature {temperature} (seed {cfg.seed}{note}) ---\n{text}\n")
-    return "\n".join(parts)
-
-
 class LanguageModelEngine(Engine):
     kind = "language_model"
     train_config = LanguageModelTrain
@@ -430,51 +403,6 @@ class LanguageModelEngine(Engine):
             "confidence": cfg.confidence,
             "params_total": sum(p.numel() for p in model.parameters() if p.requires_grad),
         }
-
-    def visualize(self, ctx: StageContext) -> list[Path]:
-        exp = ctx.experiment
-        cfg: LanguageModelEval = exp.eval
-        device = resolve_device(exp.train.device, f"experiments.{exp.name}.train.device")
-        use_threads(exp.train.cpu_threads)
-        model, vocab, _ = load_trained(ctx.model_path, device)
-        history = json.loads(ctx.history_path.read_text())
-        paths = [
-            save_curves(
-                {exp.name: history},
-                {"bits per character": ["train_bpc", "val_bpc"]},
-                ctx.plots_dir / "curves.png",
-                f"{exp.name}: learning curves",
-            ),
-            write_text(ctx.plots_dir / "samples.txt", _samples_text(model, vocab, cfg)),
-        ]
-        if isinstance(model.rnn, HyperLSTM):
-            scales = hyper_scales(model, vocab, cfg.heatmap_text)
-            paths.append(
-                save_scale_heatmap(
-                    scales,
-                    cfg.heatmap_text,
-                    ctx.plots_dir / "weight_scales.png",
-                    f"{exp.name}: hyper-generated scales of W_h while reading",
-                )
-            )
-        return paths
-
-    def compare(self, contexts: list[StageContext], out_dir: Path, title: str) -> list[Path]:
-        histories = {
-            c.experiment.name: json.loads(c.history_path.read_text())
-            for c in contexts
-            if c.history_path.exists()
-        }
-        if not histories:
-            return []
-        return [
-            save_curves(
-                histories,
-                {"validation bits per character": ["val_bpc"]},
-                out_dir / "val_bpc.png",
-                title,
-            )
-        ]
 
 
 register(LanguageModelEngine())

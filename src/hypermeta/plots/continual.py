@@ -1,4 +1,5 @@
-"""Continual-learning figures: the accuracy matrix, and accuracy as tasks arrive."""
+"""Figures of kind `continual`: the accuracy-matrix heatmap; compare: average accuracy
+as tasks arrive."""
 
 from __future__ import annotations
 
@@ -6,6 +7,10 @@ from pathlib import Path
 
 import torch
 
+from hypermeta.engine.base import StageContext
+from hypermeta.engine.continual import accuracy_as_tasks_arrive, load_trained, mean_matrix
+from hypermeta.plots import register
+from hypermeta.plots.base import Plotter
 from hypermeta.viz import _save, pyplot
 
 
@@ -41,3 +46,38 @@ def save_accuracy_as_tasks_arrive(curves: dict[str, list[float]], path: Path, ti
     ax.legend(fontsize=8)
     ax.set_title(title)
     return _save(figure, path)
+
+
+class ContinualPlotter(Plotter):
+    kind = "continual"
+
+    def visualize(self, ctx: StageContext) -> list[Path]:
+        exp = ctx.experiment
+        saved = load_trained(ctx.model_path)
+        seeds = len(saved["runs"])
+        return [
+            save_accuracy_matrix(
+                mean_matrix(saved),
+                ctx.plots_dir / "accuracy_matrix.png",
+                f"{exp.name}: test accuracy on task j after training task i"
+                + (f" (mean of {seeds} seeds)" if seeds > 1 else ""),
+            )
+        ]
+
+    def compare(self, contexts: list[StageContext], out_dir: Path, title: str) -> list[Path]:
+        curves = {}
+        for ctx in contexts:
+            if ctx.model_path.exists():
+                curves[ctx.experiment.name] = accuracy_as_tasks_arrive(
+                    mean_matrix(load_trained(ctx.model_path))
+                )
+        if not curves:
+            return []
+        return [
+            save_accuracy_as_tasks_arrive(
+                curves, out_dir / "average_accuracy_as_tasks_arrive.png", title
+            )
+        ]
+
+
+register(ContinualPlotter())

@@ -1,0 +1,123 @@
+"""Figures of kind `regression`: meta-training curves and MAML's Figure 2 (the learner vs.
+a network pretrained on all tasks and then fine-tuned, after 0, 1 and 10 gradient
+steps); compare: MSE against fine-tuning steps for the group."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from hypermeta.data.sine import SineTasks, evaluation_tasks, with_shots
+from hypermeta.engine.base import StageContext
+from hypermeta.engine.regression import RegressionEval, finetuner, load_pair
+from hypermeta.methods.fewshot_base import Episodes
+from hypermeta.methods.maml import GradientMetaLearner
+from hypermeta.plots import register
+from hypermeta.plots.base import Plotter
+from hypermeta.viz import _save, pyplot, save_curves
+
+
+class RegressionPlotter(Plotter):
+    kind = "regression"
+
+    def visualize(self, ctx: StageContext) -> list[Path]:
+        exp = ctx.experiment
+        cfg: RegressionEval = exp.eval
+        learner, baseline, _ = load_pair(ctx)
+        history = json.loads(ctx.history_path.read_text())
+        paths = [
+            save_curves(
+                {exp.name: history},
+                {"meta-training loss": ["train_loss", "baseline_train_loss"], "MSE": ["val_mse"]},
+                ctx.plots_dir / "curves.png",
+                f"{exp.name}: meta-training (x: iterations)",
+            )
+        ]
+        tasks, episodes = evaluation_tasks(cfg.n_tasks, max(cfg.shots), cfg.n_query, cfg.seed)
+        tuned = finetuner(baseline, learner, cfg.finetune_lr)
+        for k in cfg.shots:
+            paths.append(
+                figure_two(
+                    {exp.name: learner, "pretrained": tuned},
+                    SineTasks(tasks.amplitude[:1], tasks.phase[:1]),
+                    with_shots(episodes, k),
+                    sorted(cfg.steps),
+                    ctx.plots_dir / f"adaptation_k{k}.png",
+                    f"{exp.name} vs pretrained baseline, K = {k} (MAML Fig. 2)",
+                )
+            )
+        return paths
+
+    def compare(self, contexts: list[StageContext], out_dir: Path, title: str) -> list[Path]:
+        """MSE against fine-tuning steps, one panel per K: every experiment of the group
+        and its pretrained baseline (dashed), from their metrics.json."""
+        records = {
+            ctx.experiment.name: json.loads((ctx.metrics_dir / "metrics.json").read_text())
+            for ctx in contexts
+            if (ctx.metrics_dir / "metrics.json").exists()
+        }
+        if not records:
+            return []
+        shots = sorted({k for ctx in contexts for k in ctx.experiment.eval.shots})
+        figure, axes = pyplot().subplots(
+            1, len(shots), figsize=(5 * len(shots), 3.8), squeeze=False
+        )
+        for ax, k in zip(axes[0], shots, strict=True):
+            for name, record in records.items():
+                for prefix, style in (("", "-"), ("baseline_", "--")):
+                    points = sorted(
+                        (int(key.rsplit("step", 1)[1]), value)
+                        for key, value in record.items()
+                        if key.startswith(f"{prefix}mse_k{k}_step")
+                    )
+                    if points:
+                        xs, ys = zip(*points, strict=True)
+                        label = f"{name} pretrained baseline" if prefix else name
+                        ax.plot(xs, ys, style, marker="o", label=label)
+            ax.set_title(f"K = {k}")
+            ax.set_xlabel("gradient steps at meta-test")
+            ax.set_ylabel("MSE")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        figure.suptitle(title)
+        return [_save(figure, out_dir / "sine_mse_by_steps.png")]
+
+
+def figure_two(
+    models: dict[str, GradientMetaLearner],
+    task: SineTasks,
+    episodes: Episodes,
+    steps: list[int],
+    path: Path,
+    title: str,
+) -> Path:
+    """One panel per model: the true sine, the K support points, and the prediction on a
+    dense grid after each number of gradient steps."""
+    grid = torch.linspace(-5, 5, 200).view(1, -1, 1)
+    first = Episodes(episodes.support_x[:1], episodes.support_y[:1], grid, task(grid), 0)
+    figure, axes = pyplot().subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
+    for ax, (name, model) in zip(axes[0], models.items(), strict=True):
+        with torch.no_grad():
+            curves = model.query_predictions(first, max(steps), tuple(steps))[:, 0]
+        ax.plot(grid.flatten(), task(grid).flatten(), color="black", lw=2, label="ground truth")
+        for s, curve in zip(steps, curves, strict=True):
+            ax.plot(grid.flatten(), curve.flatten(), ls="--", label=f"after {s} steps")
+        ax.scatter(
+            first.support_x.flatten(),
+            first.support_y.flatten(),
+            marker="^",
+            s=60,
+            color="purple",
+            zorder=3,
+            label="support points",
+        )
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    figure.suptitle(title)
+    return _save(figure, path)
+
+
+register(RegressionPlotter())

@@ -6,10 +6,10 @@ PY := $(VENV)/bin/python
 export HYPERMETA_DATA_MIRROR ?= $(wildcard $(abspath ../shared/data))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help install quick paper test lint format bench ui clean
+.PHONY: help install quick paper test test-fast lint format bench ui clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
 
 install: $(VENV)/.installed ## create .venv and install pinned dependencies (once)
 
@@ -27,6 +27,9 @@ paper: install ## run the whole pipeline on the paper profile (one GPU, hours)
 
 test: install ## run the test suite (unit + integration with real snakemake/dvc/mlflow)
 	$(PY) -m pytest
+
+test-fast: install ## unit tests only, no pipeline run (minutes)
+	$(PY) -m pytest -m "not integration"
 
 lint: install ## ruff lint and format check
 	ruff check . && ruff format --check .

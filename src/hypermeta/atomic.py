@@ -47,6 +47,6 @@ def write_json(destination: str | os.PathLike, data: Any) -> Path:
 
 
 def torch_save(destination: str | os.PathLike, obj: Any) -> Path:
-    import torch  # here, not above: writing JSON or text needs no torch (not_run.py)
+    import torch  # here, not above: writing JSON or text needs no torch
 
     return write_with(destination, lambda tmp: torch.save(obj, tmp))

@@ -32,12 +32,6 @@ TOOL_MODULES = {"fewshot": "hypermeta.fewshot_cli", "lm": "hypermeta.lm_cli"}
 
 def _stage(name: str) -> Callable[[argparse.Namespace], object]:
     def run(args: argparse.Namespace) -> object:
-        if name in PER_EXPERIMENT:
-            from hypermeta.not_run import skip_reason, write_records
-
-            # before importing the stages (torch, mlflow): a skipped stage takes ~0.3 s
-            if why := skip_reason(args.experiment):
-                return write_records(name, args.experiment, why)
         function = getattr(importlib.import_module(STAGES[name]), name)
         return function(args.experiment) if name in PER_EXPERIMENT else function()
 
@@ -51,9 +45,7 @@ def _list_experiments(args: argparse.Namespace) -> None:
     print(f"profile: {params.profile}")
     for name in params.experiments:
         exp = resolve(params, name)
-        run_in = params.experiments[name].run_in or []
-        note = "" if exp.runs else f"  (runs only under {' or '.join(run_in)})"
-        print(f"  {name:24s} {exp.method:12s} {exp.kind:16s} {exp.dataset}{note}")
+        print(f"  {name:24s} {exp.method:12s} {exp.kind:16s} {exp.dataset}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("experiment", help="an experiment named in params.yaml")
         sub.set_defaults(handler=_stage(name))
     listing = commands.add_parser(
-        "experiments", help="list the experiments, marking those the active profile does not run"
+        "experiments", help="list the experiments with their method and data under the profile"
     )
     listing.set_defaults(handler=_list_experiments)
     for name, module in TOOL_MODULES.items():

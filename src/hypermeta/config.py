@@ -58,8 +58,6 @@ class ExperimentEntry(StrictModel):
     eval: dict[str, Any] = {}
     resources: Resources = Resources()
     profiles: dict[str, dict[str, Any]] = {}
-    # profiles whose pipeline runs it (see runs_under); default: every one
-    run_in: list[str] | None = Field(None, min_length=1)
 
 
 class Reference(StrictModel):
@@ -95,7 +93,6 @@ class Experiment:
     eval: BaseModel
     resources: Resources
     section: dict[str, Any]  # the merged raw section: what is logged and hashed
-    runs: bool = True  # whether the profile runs it (`run_in`; see not_run.py)
 
     @property
     def params_hash(self) -> str:
@@ -196,11 +193,6 @@ def load_params(path: str | Path = "params.yaml", profile: str | None = None) ->
     return params
 
 
-def runs_under(run_in: list[str] | None, profile: str) -> bool:
-    """Whether an experiment with this `run_in` runs under `profile` (not_run.py)."""
-    return run_in is None or profile in run_in
-
-
 def resolve(params: Params, name: str, profile: str | None = None) -> Experiment:
     """The experiment `name` with the profile's overrides merged and every section validated."""
     from hypermeta.engine import get_engine
@@ -213,15 +205,13 @@ def resolve(params: Params, name: str, profile: str | None = None) -> Experiment
     profile = profile or params.profile
     entry = params.experiments[name]
     where = f"experiments.{name}"
-    for key, named in (("profiles", entry.profiles), ("run_in", entry.run_in or [])):
-        unknown = set(named) - set(params.profiles)
-        if unknown:
-            raise HypermetaError(
-                f"params.yaml: {where}.{key} names {sorted(unknown)[0]!r}, not a defined "
-                f"profile; use one of {sorted(params.profiles)}."
-            )
-    runs = runs_under(entry.run_in, profile)
-    base = entry.model_dump(exclude={"profiles", "run_in"})  # run_in changes no result
+    unknown = set(entry.profiles) - set(params.profiles)
+    if unknown:
+        raise HypermetaError(
+            f"params.yaml: {where}.profiles names {sorted(unknown)[0]!r}, not a defined "
+            f"profile; use one of {sorted(params.profiles)}."
+        )
+    base = entry.model_dump(exclude={"profiles"})
     override = entry.profiles.get(profile, {})
     if "method" in override:  # dvc.yaml's stages depend on the code of the entry's method
         raise HypermetaError(
@@ -231,7 +221,7 @@ def resolve(params: Params, name: str, profile: str | None = None) -> Experiment
     merged = deep_merge(base, override)
     merged = validate_section(
         ExperimentEntry, merged, where, (f"{where}.profiles.{profile}", override)
-    ).model_dump(exclude={"profiles", "run_in"})
+    ).model_dump(exclude={"profiles"})
 
     def section(name: str, schema: type[BaseModel]) -> BaseModel:
         return validate_section(
@@ -251,7 +241,7 @@ def resolve(params: Params, name: str, profile: str | None = None) -> Experiment
             f"known datasets are {sorted(DATASETS)}."
         )
     datasets = params.data.datasets.get(profile, [])
-    if runs and merged["dataset"] not in datasets:
+    if merged["dataset"] not in datasets:
         raise HypermetaError(
             f"params.yaml: {where} uses dataset {merged['dataset']!r} in profile {profile!r}, "
             f"but data.datasets.{profile} does not list it; add it there."
@@ -268,7 +258,6 @@ def resolve(params: Params, name: str, profile: str | None = None) -> Experiment
         eval=section("eval", engine.eval_config),
         resources=Resources.model_validate(merged["resources"]),
         section=merged,
-        runs=runs,
     )
 
 

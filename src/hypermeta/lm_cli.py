@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from hypermeta.config import params_hash
 from hypermeta.errors import HypermetaError
 
-if TYPE_CHECKING:  # torch loads only when a command runs (and not for skipped stages)
+if TYPE_CHECKING:  # torch loads only when a command runs
     import torch
 
 METHODS = {"lstm": "lstm", "ln-lstm": "lnlstm", "hyperlstm": "hyperlstm"}

@@ -82,14 +82,10 @@ def summary_rows(
     results: dict[str, dict[str, Any]],
     references: dict[str, list[Reference]],
 ) -> list[tuple[str, str, str, str]]:
-    """One row per published number: the experiment, the metric, ours, the paper's.
-    An experiment without results is one the profile does not run (`run_in`)."""
+    """One row per published number: the experiment, the metric, ours, the paper's."""
     rows = []
     for exp in experiments:
         refs = references.get(exp.name, [])
-        if exp.name not in results:
-            rows += [(exp.name, r.metric, "not run", paper_cell(r, exp.dataset)) for r in refs]
-            continue
         for metric, ours, paper in result_rows(results[exp.name], refs, exp.dataset):
             if paper:
                 rows.append((exp.name, metric, ours, paper))
@@ -168,21 +164,13 @@ def write_report(params: Params, staging: Path) -> None:
         "Intervals are 95% confidence intervals.</p>",
     ]
     experiments = [resolve(params, name) for name in params.experiments]
-    ran = [exp for exp in experiments if exp.runs]
-    results = {exp.name: read_metrics(exp.name) for exp in ran}
+    results = {exp.name: read_metrics(exp.name) for exp in experiments}
     summary = summary_rows(experiments, results, params.references)
     header = ["experiment", "metric", "ours", "paper"]
     md += ["## Ours beside the papers", "", _markdown_table(header, summary), ""]
     body += ["<h2>Ours beside the papers</h2>", _html_table(header, summary)]
-    if not_run := [exp.name for exp in experiments if not exp.runs]:
-        note = (
-            f"Not run under profile {params.profile} (their `run_in` in params.yaml names "
-            f"the profiles that run them): {', '.join(not_run)}."
-        )
-        md += [note, ""]
-        body.append(f"<p>{html.escape(note)}</p>")
     provenance, groups = [], {}
-    for exp in ran:
+    for exp in experiments:
         metrics = results[exp.name]
         rows = result_rows(metrics, params.references.get(exp.name, []), exp.dataset)
         header = ["metric", "ours", "paper"]

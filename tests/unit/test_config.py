@@ -47,6 +47,10 @@ def test_profile_overrides_are_merged_and_validated(tmp_path):
             {"experiments__cnn__profiles__quick__method": "hypercnn"},
             "experiments.cnn.profiles.quick.method: a profile cannot change",
         ),
+        (
+            {"experiments__cnn__profiles": {"fast": {}}},
+            "experiments.cnn.profiles names 'fast', not a defined profile",
+        ),
     ],
 )
 def test_bad_params_name_the_key_path(tmp_path, edits, expected):
@@ -82,15 +86,3 @@ def test_set_profile_keeps_comments_and_refuses_unknown_profiles(tmp_path):
     with pytest.raises(HypermetaError, match="profile 'huge' is not defined"):
         set_profile(path, "huge")
     assert path.read_text() == before
-
-
-def test_run_in_limits_the_profiles_that_run_an_experiment(tmp_path):
-    params = changed(experiments__cnn__run_in=["paper"])
-    params["experiments"]["cnn"]["profiles"] = {}  # mnist: not among quick's datasets
-    loaded = load(tmp_path, params)
-    assert not resolve(loaded, "cnn").runs and resolve(loaded, "cnn", "paper").runs
-    assert resolve(load(tmp_path), "cnn").runs  # no run_in: every profile runs it
-    with pytest.raises(HypermetaError, match=r"cnn\.run_in names 'fast', not a defined profile"):
-        load(tmp_path, changed(experiments__cnn__run_in=["fast"]))
-    with pytest.raises(HypermetaError, match=r"cnn\.run_in: List should have at least 1"):
-        load(tmp_path, changed(experiments__cnn__run_in=[]))  # runs nowhere: a mistake

@@ -49,6 +49,17 @@ def test_cli_unknown_experiment_is_one_sentence_and_exit_2(tmp_path, monkeypatch
     assert err.startswith("hypermeta: error: unknown experiment 'resnet'") and "\n" not in err
 
 
+def test_cli_lists_every_experiment_as_the_active_profile_resolves_it(
+    tmp_path, monkeypatch, capsys
+):
+    write_params(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert main(["experiments"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "profile: quick"
+    assert lines[1].split() == ["cnn", "cnn", "classification", "fashion_mnist"]
+
+
 def test_cli_without_params_file_says_where_to_run(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["evaluate", "cnn"]) == 2

@@ -1,5 +1,6 @@
 """Resumable training state: written atomically after every epoch, tied to the config
-that produced it so a changed experiment starts afresh instead of resuming."""
+that produced it so a changed experiment starts afresh instead of resuming; and reading
+a trained model's saved file."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import torch
 
 from hypermeta.atomic import torch_save
 from hypermeta.errors import HypermetaError
-from hypermeta.not_run import recorded_reason
 
 
 class Checkpointer:
@@ -20,7 +20,7 @@ class Checkpointer:
 
     def load(self) -> dict[str, Any] | None:
         """The saved state if it belongs to this config, else None (training starts afresh)."""
-        if not self.path.exists() or recorded_reason(self.path):  # none, or a not-run record
+        if not self.path.exists():
             return None
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=False)
@@ -36,3 +36,11 @@ class Checkpointer:
 
     def save(self, state: dict[str, Any]) -> None:
         torch_save(self.path, {**state, "config_hash": self.config_hash})
+
+
+def load_saved(path: Path, fix: str = "run the train stage for this experiment") -> dict[str, Any]:
+    """The dict a train stage saved at `path`; a missing file is one sentence saying `fix`."""
+    path = Path(path)
+    if not path.exists():
+        raise HypermetaError(f"{path} not found; {fix}.")
+    return torch.load(path, map_location="cpu", weights_only=False)

@@ -16,11 +16,10 @@ from hypermeta.config import StrictModel, validate_section
 from hypermeta.data.prepare import load_manifest, load_split
 from hypermeta.engine import register
 from hypermeta.engine.base import Engine, StageContext
-from hypermeta.engine.checkpoint import Checkpointer
+from hypermeta.engine.checkpoint import Checkpointer, load_saved
 from hypermeta.engine.device import DeviceName, adam, autocast, resolve_device
 from hypermeta.hyper import parameter_cost
 from hypermeta.methods import get_method
-from hypermeta.not_run import check_trained
 from hypermeta.progress import progress
 from hypermeta.stats import wilson_interval
 
@@ -78,8 +77,7 @@ def build_model(section: dict[str, Any], data_info: dict[str, Any]) -> nn.Module
 
 
 def load_trained(model_path: Path) -> tuple[nn.Module, dict[str, Any]]:
-    check_trained(model_path)
-    saved = torch.load(model_path, map_location="cpu", weights_only=False)
+    saved = load_saved(model_path)
     model = build_model(saved["experiment"], saved["data_info"])
     model.load_state_dict(saved["state_dict"])
     return model.eval(), saved

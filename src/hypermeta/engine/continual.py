@@ -31,10 +31,9 @@ from hypermeta.data.continual import SequenceKind, TaskSequence
 from hypermeta.data.prepare import load_manifest, load_split
 from hypermeta.engine import register
 from hypermeta.engine.base import Engine, StageContext
-from hypermeta.engine.checkpoint import Checkpointer
+from hypermeta.engine.checkpoint import Checkpointer, load_saved
 from hypermeta.engine.device import DeviceName, adam, resolve_device
 from hypermeta.methods import get_method
-from hypermeta.not_run import check_trained
 from hypermeta.progress import progress
 from hypermeta.stats import mean_interval, wilson_interval
 
@@ -237,8 +236,7 @@ def train_sequences(
 
 
 def load_trained(model_path: Path) -> dict[str, Any]:
-    check_trained(model_path)
-    return torch.load(model_path, map_location="cpu", weights_only=False)
+    return load_saved(model_path)
 
 
 def mean_matrix(saved: dict[str, Any]) -> torch.Tensor:

@@ -30,13 +30,12 @@ from hypermeta.data.prepare import load_manifest, load_split
 from hypermeta.data.text import Vocabulary, from_display, to_display
 from hypermeta.engine import register
 from hypermeta.engine.base import Engine, StageContext
-from hypermeta.engine.checkpoint import Checkpointer
+from hypermeta.engine.checkpoint import Checkpointer, load_saved
 from hypermeta.engine.classification import build_model
 from hypermeta.engine.device import DeviceName, adam, autocast, resolve_device
 from hypermeta.errors import HypermetaError
 from hypermeta.hyper.hyperlstm import HyperLSTM
 from hypermeta.nn.lstm import CharLanguageModel, State
-from hypermeta.not_run import check_trained
 from hypermeta.progress import progress
 from hypermeta.stats import mean_interval
 
@@ -298,8 +297,7 @@ def save_model(
 
 
 def load_trained(path: Path, device: torch.device) -> tuple[CharLanguageModel, Vocabulary, dict]:
-    check_trained(path, "train a model first (or pass --load-model)")
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    saved = load_saved(path, "train a model first (or pass --load-model)")
     if "vocab" not in saved.get("data_info", {}):
         raise HypermetaError(f"{path} is not a language model; pass a model saved by `lm train`.")
     model = build_model(saved["experiment"], saved["data_info"])

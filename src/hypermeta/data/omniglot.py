@@ -119,7 +119,7 @@ def vinyals_split(
         f"validation), remaining {len(test)} meta-test; rotations {list(ROTATIONS)} are classes"
     )
     summary = (
-        f"Omniglot Vinyals split: {VINYALS_TRAIN_CHARACTERS} / {len(test)} characters "
+        f"Vinyals split: {VINYALS_TRAIN_CHARACTERS} / {len(test)} characters "
         f"(seed {split.seed}), rotations as classes"
     )
     return chosen, protocol, summary
@@ -153,7 +153,7 @@ def alphabet_split(
         f"rotations {list(ROTATIONS)} are classes"
     )
     summary = (
-        f"Omniglot split by alphabet (seed {split.seed}): {len(alphabets)} alphabets, "
+        f"split by alphabet (seed {split.seed}): {len(alphabets)} alphabets, "
         f"{len(keys)} characters, rotations as classes"
     )
     return chosen, protocol, summary
@@ -191,8 +191,8 @@ def lake_split(
         f"rotations {list(ROTATIONS)} are classes"
     )
     summary = (
-        f"Omniglot Lake split: {len(alphabets)} background / {len(test_alphabets)} evaluation "
-        f"alphabets ({len(held_out)} background alphabets for validation), rotations as classes"
+        f"Lake split: {len(alphabets)} background / {len(test_alphabets)} evaluation "
+        f"alphabets ({len(held_out)} background ones for validation), rotations as classes"
     )
     return chosen, protocol, summary
 

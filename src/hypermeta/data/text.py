@@ -112,7 +112,7 @@ def split_by_position(text: str, fractions: tuple[float, float, float]) -> dict[
 def prepare_text_by_position(spec: DatasetSpec, raw_dir: Path, split: SplitConfig) -> Prepared:
     text = read_text(raw_dir / spec.files[0].name)
     parts = split_by_position(text, (0.90, 0.05, 0.05))
-    return split_prepared(parts, f"{spec.name}: train / val / test 90/5/5% by position")
+    return split_prepared(parts, "train / val / test 90/5/5% by position")
 
 
 def ptb_characters(text: str) -> str:
@@ -128,9 +128,7 @@ def prepare_ptb_char(spec: DatasetSpec, raw_dir: Path, split: SplitConfig) -> Pr
         name: ptb_characters(read_text(raw_dir / f"ptb.char.{stem}.txt"))
         for name, stem in files.items()
     }
-    return split_prepared(
-        parts, "Penn Treebank characters: the standard train / valid / test files"
-    )
+    return split_prepared(parts, "the standard ptb.char train / valid / test files")
 
 
 ENWIK8_SPLITS = (90_000_000, 5_000_000, 5_000_000)
@@ -153,4 +151,4 @@ def prepare_enwik8(spec: DatasetSpec, raw_dir: Path, split: SplitConfig) -> Prep
         "val": text[train : train + val],
         "test": text[train + val : train + val + test],
     }
-    return split_prepared(parts, "enwik8: the first 90M / 5M / 5M bytes as train / valid / test")
+    return split_prepared(parts, "the first 90M / 5M / 5M bytes as train / valid / test")

@@ -75,12 +75,14 @@ def data_note(exp: Experiment, manifest: dict[str, Any] | None) -> str:
     if manifest is None:
         return f"{exp.dataset} (not prepared); profile {exp.profile}"
     parts = [f"{exp.dataset} ({manifest['split_summary']})"]
-    counts = manifest["counts"]
+    counts, slices = manifest["counts"], []
     for key, value in exp.train.model_dump().items():
         if key.startswith("max_") and value is not None:  # e.g. max_train_tokens
             split, *unit = key.removeprefix("max_").split("_")
             of = f" of {counts[split]:,}" if split in counts else ""
-            parts.append(f"slice: {value:,}{of} {split} {' '.join(unit)}")
+            slices.append(f"{value:,}{of} {split} {' '.join(unit)}")
+    if slices:
+        parts.append("slice: " + ", ".join(slices))
     return "; ".join([*parts, f"profile {exp.profile}"])
 
 

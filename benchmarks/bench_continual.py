@@ -38,7 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 tasks x 100 iterations")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--data", default="data/prepared/fashion_mnist")
+    parser.add_argument("--data", default="data/prepared/mnist")
     args = parser.parse_args()
     torch.set_num_threads(1 if args.device == "cpu" else torch.get_num_threads())
     tasks, iterations = (3, 100) if args.quick else (10, 300)

@@ -14,7 +14,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -35,14 +35,25 @@ class Resources(StrictModel):
 
 
 class SplitConfig(StrictModel):
+    """How the split stage cuts the datasets of a profile (each manifest records it)."""
+
     seed: int = 0
     val_fraction: float = Field(0.1, gt=0, lt=1)
+    omniglot: Literal["vinyals", "lake"] = Field(
+        "vinyals", description="the full Omniglot's split protocol (see data/omniglot.py)"
+    )
+
+
+class SplitSection(SplitConfig):
+    """`data.split`: a SplitConfig plus per-profile overrides, as an experiment has."""
+
+    profiles: dict[str, dict[str, Any]] = {}
 
 
 class DataConfig(StrictModel):
     mirror: str | None = None
     datasets: dict[str, list[str]]
-    split: SplitConfig = SplitConfig()
+    split: SplitSection = SplitSection()
 
 
 class MlflowConfig(StrictModel):
@@ -184,6 +195,8 @@ def load_params(path: str | Path = "params.yaml", profile: str | None = None) ->
                     f"params.yaml: data.datasets.{name} lists unknown dataset {dataset!r}; "
                     f"known datasets are {sorted(DATASETS)}."
                 )
+    for profile_name in params.profiles:
+        split_config(params, profile_name)
     for name in params.experiments:
         for profile_name in params.profiles:
             resolve(params, name, profile_name)
@@ -191,6 +204,22 @@ def load_params(path: str | Path = "params.yaml", profile: str | None = None) ->
         if name not in params.experiments:
             raise HypermetaError(f"params.yaml: references.{name} names no experiment.")
     return params
+
+
+def split_config(params: Params, profile: str | None = None) -> SplitConfig:
+    """`data.split` under a profile (the active one by default), its override merged."""
+    profile = profile or params.profile
+    section = params.data.split
+    if unknown := set(section.profiles) - set(params.profiles):
+        raise HypermetaError(
+            f"params.yaml: data.split.profiles names undefined profile(s) {sorted(unknown)}; "
+            f"use one of {sorted(params.profiles)}."
+        )
+    override = section.profiles.get(profile, {})
+    merged = deep_merge(section.model_dump(exclude={"profiles"}), override)
+    return validate_section(
+        SplitConfig, merged, "data.split", (f"data.split.profiles.{profile}", override)
+    )
 
 
 def resolve(params: Params, name: str, profile: str | None = None) -> Experiment:

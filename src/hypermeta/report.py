@@ -70,6 +70,30 @@ def paper_cell(ref: Reference, dataset: str) -> str:
     return f"{format_value(ref.metric, ref.value)} ({ref.source}{note})"
 
 
+def data_note(exp: Experiment, manifest: dict[str, Any] | None) -> str:
+    """Which data and scale a number comes from: the dataset, its split (from the split
+    stage's manifest), any slice the experiment trains on (its `max_*` settings), the profile."""
+    if manifest is None:
+        return f"{exp.dataset} (not prepared); profile {exp.profile}"
+    parts = [f"{exp.dataset} ({manifest['split_summary']})"]
+    counts, slices = manifest["counts"], []
+    for key, value in exp.train.model_dump().items():
+        if key.startswith("max_") and value is not None:  # e.g. max_train_tokens
+            split, *unit = key.removeprefix("max_").split("_")
+            of = f" of {counts[split]:,}" if split in counts else ""
+            slices.append(f"{value:,}{of} {split} {' '.join(unit)}")
+    if slices:
+        parts.append("slice: " + ", ".join(slices))
+    return "; ".join([*parts, f"profile {exp.profile}"])
+
+
+def read_manifest(exp: Experiment) -> dict[str, Any] | None:
+    from hypermeta.stages import PREPARED
+
+    path = PREPARED / exp.dataset / "manifest.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def read_metrics(experiment: str) -> dict[str, Any]:
     path = METRICS / experiment / "metrics.json"
     if not path.exists():
@@ -81,14 +105,16 @@ def summary_rows(
     experiments: list[Experiment],
     results: dict[str, dict[str, Any]],
     references: dict[str, list[Reference]],
-) -> list[tuple[str, str, str, str]]:
-    """One row per published number: the experiment, the metric, ours, the paper's."""
+    data: dict[str, str],
+) -> list[tuple[str, str, str, str, str]]:
+    """One row per published number: the experiment, the metric, ours, the paper's, and
+    the data ours comes from (`data`, by experiment)."""
     rows = []
     for exp in experiments:
         refs = references.get(exp.name, [])
         for metric, ours, paper in result_rows(results[exp.name], refs, exp.dataset):
             if paper:
-                rows.append((exp.name, metric, ours, paper))
+                rows.append((exp.name, metric, ours, paper, data[exp.name]))
     return rows
 
 
@@ -142,7 +168,7 @@ def build_report(params: Params, out_dir: Path) -> Path:
 
 def write_report(params: Params, staging: Path) -> None:
     """report.md, index.html and figures/ into the folder `staging`."""
-    from hypermeta.stages import PREPARED, stage_context
+    from hypermeta.stages import stage_context
     from hypermeta.tracking import NullTracker
 
     root = repo_root()
@@ -165,8 +191,10 @@ def write_report(params: Params, staging: Path) -> None:
     ]
     experiments = [resolve(params, name) for name in params.experiments]
     results = {exp.name: read_metrics(exp.name) for exp in experiments}
-    summary = summary_rows(experiments, results, params.references)
-    header = ["experiment", "metric", "ours", "paper"]
+    manifests = {exp.name: read_manifest(exp) for exp in experiments}
+    data = {exp.name: data_note(exp, manifests[exp.name]) for exp in experiments}
+    summary = summary_rows(experiments, results, params.references, data)
+    header = ["experiment", "metric", "ours", "paper", "our data"]
     md += ["## Ours beside the papers", "", _markdown_table(header, summary), ""]
     body += ["<h2>Ours beside the papers</h2>", _html_table(header, summary)]
     provenance, groups = [], {}
@@ -175,8 +203,11 @@ def write_report(params: Params, staging: Path) -> None:
         rows = result_rows(metrics, params.references.get(exp.name, []), exp.dataset)
         header = ["metric", "ours", "paper"]
         title = f"{exp.name}: {exp.method} on {exp.dataset}"
-        md += [f"## {title}", "", _markdown_table(header, rows), ""]
-        body += [f"<h2>{html.escape(title)}</h2>", _html_table(header, rows)]
+        md += [f"## {title}", "", f"Data: {data[exp.name]}.", "", _markdown_table(header, rows), ""]
+        body += [
+            f"<h2>{html.escape(title)}</h2><p>Data: {html.escape(data[exp.name])}.</p>",
+            _html_table(header, rows),
+        ]
         for png in sorted((PLOTS / exp.name).glob("*.png")):
             target = figures / f"{exp.name}-{png.name}"
             shutil.copyfile(png, target)
@@ -187,8 +218,7 @@ def write_report(params: Params, staging: Path) -> None:
             body.append(
                 f"<h3>{html.escape(text_file.stem)}</h3><pre>{html.escape(text_file.read_text())}</pre>"
             )
-        manifest = PREPARED / exp.dataset / "manifest.json"
-        data_md5 = json.loads(manifest.read_text())["tensor_md5"] if manifest.exists() else {}
+        data_md5 = manifests[exp.name]["tensor_md5"] if manifests[exp.name] else {}
         provenance.append(
             (
                 exp.name,

@@ -13,7 +13,7 @@ from typing import Any
 
 from hypermeta import METRICS, MODELS, PLOTS, repo_root
 from hypermeta.atomic import write_json
-from hypermeta.config import Experiment, Params, load_params, params_hash, resolve
+from hypermeta.config import Experiment, Params, load_params, params_hash, resolve, split_config
 from hypermeta.engine import StageContext, get_engine
 from hypermeta.tracking import Tracker, stage_run
 
@@ -77,9 +77,10 @@ def split() -> None:
 
     params = load_params()
     with child_run(params, "split", reads=data_params(params)) as tracker:
-        tracker.log_params(params.data.split.model_dump())
+        split_settings = split_config(params)
+        tracker.log_params(split_settings.model_dump())
         for dataset in params.data.datasets[params.profile]:
-            manifest = prepare(dataset, RAW, PREPARED, params.data.split)
+            manifest = prepare(dataset, RAW, PREPARED, split_settings)
             tracker.log_metrics({f"{dataset}.{k}": v for k, v in manifest["counts"].items()})
             tracker.log_artifact(PREPARED / dataset / "manifest.json", f"manifests/{dataset}")
 

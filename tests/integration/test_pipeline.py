@@ -158,7 +158,7 @@ def check_quick_results(root: Path) -> None:
     def metrics(name: str) -> dict:
         return json.loads((root / "metrics" / name / "metrics.json").read_text())
 
-    for name in ("cnn", "hypercnn"):  # Fashion-MNIST, 10 classes: chance is 10%
+    for name in ("cnn", "hypercnn"):  # MNIST, 10 classes: chance is 10%
         assert metrics(name)["test_accuracy"] > 0.8, name
     floors = {"protonet_omniglot": 0.90, "maml_omniglot": 0.85}  # issue 3's floors
     for name in ("fomaml_omniglot", "mamlpp_omniglot", "metasgd_omniglot", "reptile_omniglot"):

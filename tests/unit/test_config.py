@@ -3,7 +3,7 @@ import copy
 import pytest
 from unit.helpers import BASE_PARAMS, load, write_params
 
-from hypermeta.config import resolve, set_profile
+from hypermeta.config import resolve, set_profile, split_config
 from hypermeta.errors import HypermetaError
 
 
@@ -70,6 +70,18 @@ def test_dataset_must_be_listed_for_the_profile(tmp_path):
     params = changed(data__datasets__quick=["mnist"])
     with pytest.raises(HypermetaError, match="does not list it; add it there"):
         load(tmp_path, params)
+
+
+def test_data_split_is_overridden_per_profile_and_checked(tmp_path):
+    split = {"seed": 2, "omniglot": "vinyals", "profiles": {"quick": {"omniglot": "lake"}}}
+    params = load(tmp_path, changed(data__split=split))
+    assert split_config(params).omniglot == "lake" and split_config(params).seed == 2
+    assert split_config(params, "paper").omniglot == "vinyals"
+    split["profiles"]["quick"]["omniglot"] = "random"
+    with pytest.raises(HypermetaError, match=r"data\.split\.profiles\.quick\.omniglot"):
+        load(tmp_path, changed(data__split=split))
+    with pytest.raises(HypermetaError, match="undefined profile"):
+        load(tmp_path, changed(data__split={"profiles": {"huge": {}}}))
 
 
 def test_unknown_experiment_lists_the_known_ones(tmp_path):

@@ -81,6 +81,40 @@ def test_fashion_mnist_from_the_mirror_verifies_and_decodes(tmp_path, mirror):
     assert torch.bincount(labels.long()).tolist() == [1000] * 10
 
 
+def test_ptb_char_from_the_mirror_matches_its_pinned_checksums(tmp_path, mirror, capsys):
+    spec = DATASETS["ptb_char"]
+    for remote in spec.files:
+        assert len(remote.md5) == 1, remote.name  # pinned: no "accepted with a warning"
+        fetch_file(spec, remote, tmp_path / "raw", str(mirror))
+    assert "no pinned checksum" not in capsys.readouterr().out
+
+
+def test_a_ptb_file_that_is_not_the_published_one_is_refused(tmp_path, mirror):
+    spec = DATASETS["ptb_char"]
+    remote = next(f for f in spec.files if f.name == "ptb.char.valid.txt")
+    fake = tmp_path / "mirror" / "ptb"
+    fake.mkdir(parents=True)
+    published = (mirror / "ptb" / remote.name).read_bytes()
+    (fake / remote.name).write_bytes(published.replace(b"_", b" ", 1))  # one character off
+    out = tmp_path / "raw"
+    with pytest.raises(HypermetaError) as error:
+        fetch_file(spec, remote, out, str(tmp_path / "mirror"))
+    message = str(error.value)
+    assert f"ptb_char/{remote.name}" in message and "checksum mismatch" in message
+    assert f"ptb/{remote.name} as published (accepted md5: {remote.md5[0]})" in message
+    assert not (out / remote.name).exists()
+
+
+def test_the_mirrors_rezipped_omniglot_is_accepted_beside_the_publishers_md5(tmp_path, mirror):
+    spec = DATASETS["omniglot"]
+    remote = next(f for f in spec.files if f.name == "images_evaluation.zip")
+    assert remote.md5[0] == "6b91aef0f799c5bb55b94e3f2daec811"  # the publisher's, kept first
+    got = fetch_file(spec, remote, tmp_path / "raw", str(mirror))
+    assert verify(got, remote) is None
+    publisher_only = RemoteFile(remote.name, (), remote.md5[:1])
+    assert verify(got, publisher_only) == "md5 b2a4228f37e6bd97b1fd51c5cc2512e3"
+
+
 def test_truncated_idx_file_is_a_clear_error(tmp_path):
     path = tmp_path / "bad-idx1-ubyte"
     path.write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 10, 1, 2]))

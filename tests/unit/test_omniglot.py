@@ -11,8 +11,9 @@ from fewshot_helpers import prepared_omniglot_small
 from PIL import Image
 
 from hypermeta.config import SplitConfig
-from hypermeta.data.omniglot import ROTATIONS, to_model_image, vinyals_split
+from hypermeta.data.omniglot import ROTATIONS, lake_split, to_model_image, vinyals_split
 from hypermeta.data.prepare import load_split
+from hypermeta.errors import HypermetaError
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +78,51 @@ def test_conversion_grayscales_resizes_with_antialiasing_and_inverts():
 
 def test_vinyals_split_holds_1200_training_characters_and_is_seeded():
     keys = [(f"alphabet{i // 40}", f"character{i % 40}") for i in range(1623)]
-    chosen, protocol = vinyals_split(keys, SplitConfig(seed=3, val_fraction=0.1))
+    archives = ["images_background"] * 964 + ["images_evaluation"] * 659  # ignored here
+    chosen, protocol, _ = vinyals_split(keys, archives, SplitConfig(seed=3, val_fraction=0.1))
     assert len(chosen["train"]) + len(chosen["val"]) == 1200
     assert len(chosen["val"]) == 120 and len(chosen["test"]) == 423
     assert sorted(chosen["train"] + chosen["val"] + chosen["test"]) == list(range(1623))
-    again, _ = vinyals_split(keys, SplitConfig(seed=3, val_fraction=0.1))
+    again, _, _ = vinyals_split(keys, archives, SplitConfig(seed=3, val_fraction=0.1))
     assert again == chosen
-    other, _ = vinyals_split(keys, SplitConfig(seed=4, val_fraction=0.1))
+    other, _, _ = vinyals_split(keys, archives, SplitConfig(seed=4, val_fraction=0.1))
     assert other["test"] != chosen["test"]
     assert "Vinyals" in protocol
+
+
+def lake_like_keys() -> tuple[list, list]:
+    """30 background alphabets of 10-39 characters, 20 evaluation alphabets of 30."""
+    keys, archives = [], []
+    for a in range(30):
+        keys += [(f"bg{a:02d}", f"character{c:02d}") for c in range(10 + a)]
+        archives += ["images_background"] * (10 + a)
+    for a in range(20):
+        keys += [(f"ev{a:02d}", f"character{c:02d}") for c in range(30)]
+        archives += ["images_evaluation"] * 30
+    return keys, archives
+
+
+def test_lake_split_meta_tests_on_the_evaluation_alphabets_only():
+    keys, archives = lake_like_keys()
+    chosen, protocol, summary = lake_split(keys, archives, SplitConfig(seed=0, val_fraction=0.1))
+    alphabets = {name: {keys[i][0] for i in part} for name, part in chosen.items()}
+    assert alphabets["test"] == {f"ev{a:02d}" for a in range(20)}
+    assert len(chosen["test"]) == 600
+    # validation: whole background alphabets, never an evaluation one, about val_fraction
+    assert alphabets["val"] and all(a.startswith("bg") for a in alphabets["val"])
+    assert not alphabets["val"] & alphabets["train"]
+    assert alphabets["train"] | alphabets["val"] == {f"bg{a:02d}" for a in range(30)}
+    background = archives.count("images_background")
+    assert 0.1 * background <= len(chosen["val"]) < 0.1 * background + 39
+    assert sorted(chosen["train"] + chosen["val"] + chosen["test"]) == list(range(len(keys)))
+    assert "30 background / 20 evaluation alphabets" in summary and "Lake" in protocol
+    again, _, _ = lake_split(keys, archives, SplitConfig(seed=0, val_fraction=0.1))
+    other, _, _ = lake_split(keys, archives, SplitConfig(seed=1, val_fraction=0.1))
+    assert again == chosen and other["val"] != chosen["val"] and other["test"] == chosen["test"]
+
+
+def test_lake_split_without_the_evaluation_archive_says_what_to_use():
+    keys, archives = lake_like_keys()
+    background = archives.count("images_background")
+    with pytest.raises(HypermetaError, match="use data.split.omniglot: vinyals instead"):
+        lake_split(keys[:background], archives[:background], SplitConfig())

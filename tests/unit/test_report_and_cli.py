@@ -87,8 +87,37 @@ def test_report_puts_every_published_number_beside_ours_and_leaves_nothing_on_fa
     write_json(Path("metrics/cnn/metrics.json"), {"test_error": 0.1, "params_total": 5})
     page = (build_report(loaded, Path("reports")) / "report.md").read_text()
     summary = page.split("## Ours beside the papers")[1].split("##")[0]
-    assert "| cnn | test_error | 10.00% | 0.72% (Ha on mnist, not fashion_mnist) |" in summary
+    assert (
+        "| cnn | test_error | 10.00% | 0.72% (Ha on mnist, not fashion_mnist) "
+        "| fashion_mnist (not prepared); profile quick |" in summary
+    )
     assert "params_total" not in summary  # no published number: only in the experiment's table
+
+
+def test_report_says_which_data_split_and_slice_each_number_comes_from(tmp_path, monkeypatch):
+    params = copy.deepcopy(BASE_PARAMS)
+    params["experiments"]["cnn"]["profiles"]["quick"]["train"] = {"max_train_examples": 20000}
+    params["references"] = {
+        "cnn": [{"metric": "test_error", "value": 0.0072, "dataset": "mnist", "source": "Ha"}]
+    }
+    monkeypatch.chdir(tmp_path)
+    loaded = load(tmp_path, params)
+    write_json(Path("metrics/cnn/metrics.json"), {"test_error": 0.1})
+    manifest = {
+        "counts": {"train": 54000, "val": 6000, "test": 10000},
+        "split_summary": "the 10,000 test images; 6,000 of 60,000 held out",
+        "tensor_md5": {},
+    }
+    write_json(Path("data/prepared/fashion_mnist/manifest.json"), manifest)
+    page = (build_report(loaded, Path("reports")) / "report.md").read_text()
+    note = (
+        "fashion_mnist (the 10,000 test images; 6,000 of 60,000 held out); "
+        "slice: 20,000 of 54,000 train examples; profile quick"
+    )
+    assert (
+        f"| cnn | test_error | 10.00% | 0.72% (Ha on mnist, not fashion_mnist) | {note} |" in page
+    )
+    assert f"Data: {note}." in page.split("## cnn: cnn on fashion_mnist")[1]
 
 
 def continual_metrics(accuracy: float, transfer: float) -> dict:

@@ -105,11 +105,14 @@ def fetch_file(spec: DatasetSpec, remote: RemoteFile, folder: Path, mirror: str 
             tried.append(f"{source} ({type(exc).__name__}: {exc})")
         finally:
             tmp.unlink(missing_ok=True)
+    mismatched = any("checksum mismatch" in attempt for attempt in tried)
     raise HypermetaError(
         f"could not get a verified copy of {spec.name}/{remote.name}; tried: "
         + "; ".join(tried)
         + f"; set {MIRROR_ENV} (or data.mirror) to a folder holding "
-        f"{spec.mirror_dir}/{remote.mirror_name or remote.name}, or check your network."
+        f"{spec.mirror_dir}/{remote.mirror_name or remote.name}"
+        + (" as published (accepted md5: " + ", ".join(remote.md5) + ")" if mismatched else "")
+        + ", or check your network."
     )
 
 

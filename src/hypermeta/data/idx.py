@@ -56,5 +56,10 @@ def prepare_idx(spec: DatasetSpec, raw_dir: Path, split: SplitConfig) -> Prepare
             "class_names": classes,
             "mean": pixels.mean().item(),
             "std": pixels.std().item(),
+            "split_summary": (
+                f"the {len(test_labels):,} test images; "
+                f"{len(val_idx):,} of the {len(train_labels):,} training images held out "
+                f"(seed {split.seed}) for validation"
+            ),
         },
     )

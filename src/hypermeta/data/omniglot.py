@@ -6,11 +6,16 @@ shape the episodic sampler indexes — with `character` (index into the manifest
 `characters`) and `rotation` (degrees) per class.
 
 Protocols (written to the manifest and the report):
-- `omniglot` (paper): Vinyals et al. (2016): a seeded shuffle of all 1623 characters,
-  1200 for meta-training (the last `val_fraction` of them carved out for validation),
-  the remaining 423 for meta-test; rotations by 90/180/270° are new classes.
-- `omniglot_small` (quick): a seeded split by alphabet (seeded alphabets to test until
-  it holds a quarter of the characters, then the smallest remaining alphabets to
+- `omniglot`, `data.split.omniglot: vinyals` (paper): Vinyals et al. (2016): a seeded
+  shuffle of all 1623 characters, 1200 for meta-training (the last `val_fraction` of them
+  carved out for validation), the remaining 423 for meta-test; rotations by 90/180/270°
+  are new classes.
+- `omniglot`, `data.split.omniglot: lake` (quick): Lake et al. (2015): the background
+  set's 30 alphabets for meta-training, the evaluation set's 20 alphabets for meta-test;
+  validation takes seeded whole background alphabets until `val_fraction` of the
+  background characters, so no evaluation alphabet is seen before meta-test. Same rotations.
+- `omniglot_small` (unit tests): a seeded split by alphabet (seeded alphabets to test
+  until it holds a quarter of the characters, then the smallest remaining alphabets to
   validation until `val_fraction`, the rest to meta-training), same rotations.
 """
 
@@ -19,6 +24,7 @@ from __future__ import annotations
 import io
 import zipfile
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -34,7 +40,8 @@ IMAGE_SIZE = 28
 DRAWINGS_PER_CHARACTER = 20
 ROTATIONS = (0, 90, 180, 270)
 VINYALS_TRAIN_CHARACTERS = 1200
-QUICK_TEST_FRACTION = 0.25  # the full protocol tests on 423 / 1623 ≈ 26% of characters
+SMALL_TEST_FRACTION = 0.25  # the full protocol tests on 423 / 1623 ≈ 26% of characters
+LAKE_ARCHIVES = ("images_background", "images_evaluation")  # meta-train, meta-test
 
 
 def to_model_image(image: Image.Image) -> torch.Tensor:
@@ -59,14 +66,19 @@ def read_image_file(path: Path) -> torch.Tensor:
         ) from None
 
 
-def read_characters(zip_paths: list[Path]) -> dict[tuple[str, str], torch.Tensor]:
-    """(alphabet, character) → (20, 1, 28, 28) uint8, drawings in file-name order.
+Key = tuple[str, str]  # (alphabet, character)
+
+
+def read_characters(zip_paths: list[Path]) -> tuple[dict[Key, torch.Tensor], dict[Key, str]]:
+    """(alphabet, character) → (20, 1, 28, 28) uint8, drawings in file-name order, and
+    (alphabet, character) → the stem of the archive it came from (Lake's split reads it).
 
     A character present in several archives (small1 and small2 share Greek and Latin,
     byte-identical) is kept once."""
-    characters: dict[tuple[str, str], torch.Tensor] = {}
+    characters: dict[Key, torch.Tensor] = {}
+    archives: dict[Key, str] = {}
     for zip_path in zip_paths:
-        drawings: dict[tuple[str, str], list[torch.Tensor]] = defaultdict(list)
+        drawings: dict[Key, list[torch.Tensor]] = defaultdict(list)
         try:
             with zipfile.ZipFile(zip_path) as archive:
                 for name in sorted(archive.namelist()):
@@ -85,13 +97,18 @@ def read_characters(zip_paths: list[Path]) -> dict[tuple[str, str], torch.Tensor
                     f"{zip_path}: {key[0]}/{key[1]} has {len(images)} drawings, expected "
                     f"{DRAWINGS_PER_CHARACTER}; delete the archive and download it again."
                 )
-            characters.setdefault(key, torch.stack(images))
-    return characters
+            if key not in characters:
+                characters[key] = torch.stack(images)
+                archives[key] = PurePosixPath(zip_path.name).stem
+    return characters, archives
+
+
+Protocol = Callable[[list[Key], list[str], SplitConfig], tuple[dict[str, list[int]], str, str]]
 
 
 def vinyals_split(
-    keys: list[tuple[str, str]], split: SplitConfig
-) -> tuple[dict[str, list[int]], str]:
+    keys: list[Key], archives: list[str], split: SplitConfig
+) -> tuple[dict[str, list[int]], str, str]:
     order = torch.randperm(len(keys), generator=torch.Generator().manual_seed(split.seed)).tolist()
     trainval, test = order[:VINYALS_TRAIN_CHARACTERS], order[VINYALS_TRAIN_CHARACTERS:]
     n_val = max(1, int(round(len(trainval) * split.val_fraction)))
@@ -101,18 +118,22 @@ def vinyals_split(
         f"first {VINYALS_TRAIN_CHARACTERS} meta-train ({n_val} of them held out for "
         f"validation), remaining {len(test)} meta-test; rotations {list(ROTATIONS)} are classes"
     )
-    return chosen, protocol
+    summary = (
+        f"Vinyals split: {VINYALS_TRAIN_CHARACTERS} / {len(test)} characters "
+        f"(seed {split.seed}), rotations as classes"
+    )
+    return chosen, protocol, summary
 
 
 def alphabet_split(
-    keys: list[tuple[str, str]], split: SplitConfig
-) -> tuple[dict[str, list[int]], str]:
+    keys: list[Key], archives: list[str], split: SplitConfig
+) -> tuple[dict[str, list[int]], str, str]:
     alphabets = sorted({alphabet for alphabet, _ in keys})
     order = torch.randperm(len(alphabets), generator=torch.Generator().manual_seed(split.seed))
     by_alphabet = {a: [i for i, key in enumerate(keys) if key[0] == a] for a in alphabets}
     chosen: dict[str, list[int]] = {"train": [], "val": [], "test": []}
     remaining = [alphabets[i] for i in order.tolist()]
-    while remaining and len(chosen["test"]) < QUICK_TEST_FRACTION * len(keys):
+    while remaining and len(chosen["test"]) < SMALL_TEST_FRACTION * len(keys):
         chosen["test"].extend(by_alphabet[remaining.pop(0)])
     # Validation takes the smallest remaining alphabets, leaving meta-training the most.
     remaining.sort(key=lambda a: len(by_alphabet[a]))
@@ -126,22 +147,70 @@ def alphabet_split(
             "data.split.val_fraction in params.yaml."
         )
     protocol = (
-        f"by alphabet, seeded (seed {split.seed}): test until ≥{QUICK_TEST_FRACTION:.0%} of "
+        f"by alphabet, seeded (seed {split.seed}): test until ≥{SMALL_TEST_FRACTION:.0%} of "
         f"characters, then the smallest remaining alphabets for validation until "
         f"≥{split.val_fraction:.0%}, the rest meta-train; "
         f"rotations {list(ROTATIONS)} are classes"
     )
-    return chosen, protocol
+    summary = (
+        f"split by alphabet (seed {split.seed}): {len(alphabets)} alphabets, "
+        f"{len(keys)} characters, rotations as classes"
+    )
+    return chosen, protocol, summary
 
 
-PROTOCOLS = {"omniglot": vinyals_split, "omniglot_small": alphabet_split}
+def lake_split(
+    keys: list[Key], archives: list[str], split: SplitConfig
+) -> tuple[dict[str, list[int]], str, str]:
+    sets = {stem: [i for i, a in enumerate(archives) if a == stem] for stem in LAKE_ARCHIVES}
+    if not all(sets.values()):
+        raise HypermetaError(
+            f"the Lake split needs both {' and '.join(LAKE_ARCHIVES)}; only "
+            f"{sorted(set(archives))} were read; use data.split.omniglot: vinyals instead."
+        )
+    background, evaluation = sets.values()
+    by_alphabet: dict[str, list[int]] = defaultdict(list)
+    for i in background:
+        by_alphabet[keys[i][0]].append(i)
+    alphabets = sorted(by_alphabet)
+    order = torch.randperm(len(alphabets), generator=torch.Generator().manual_seed(split.seed))
+    val: list[int] = []
+    held_out = []
+    for alphabet in (alphabets[i] for i in order.tolist()):
+        if len(val) >= split.val_fraction * len(background):
+            break
+        val.extend(by_alphabet[alphabet])
+        held_out.append(alphabet)
+    chosen = {"train": sorted(set(background) - set(val)), "val": val, "test": evaluation}
+    test_alphabets = {keys[i][0] for i in evaluation}
+    protocol = (
+        f"Lake et al. 2015: the background set's {len(alphabets)} alphabets "
+        f"({len(background)} characters) meta-train, {len(held_out)} of them (seeded, seed "
+        f"{split.seed}; {len(val)} characters) held out for validation; the evaluation set's "
+        f"{len(test_alphabets)} alphabets ({len(evaluation)} characters) meta-test; "
+        f"rotations {list(ROTATIONS)} are classes"
+    )
+    summary = (
+        f"Lake split: {len(alphabets)} background / {len(test_alphabets)} evaluation "
+        f"alphabets ({len(held_out)} background ones for validation), rotations as classes"
+    )
+    return chosen, protocol, summary
+
+
+def chosen_protocol(spec: DatasetSpec, split: SplitConfig) -> Protocol:
+    """omniglot_small, a subset of the background set, is always split by alphabet; the
+    full set as `data.split.omniglot` says."""
+    if spec.name == "omniglot_small":
+        return alphabet_split
+    return {"vinyals": vinyals_split, "lake": lake_split}[split.omniglot]
 
 
 @preparer("omniglot")
 def prepare_omniglot(spec: DatasetSpec, raw_dir: Path, split: SplitConfig) -> Prepared:
-    characters = read_characters([raw_dir / f.name for f in spec.files])
+    characters, archive_of = read_characters([raw_dir / f.name for f in spec.files])
     keys = sorted(characters)  # canonical order, so a seed always means the same split
-    chosen, protocol = PROTOCOLS[spec.name](keys, split)
+    split_by = chosen_protocol(spec, split)
+    chosen, protocol, summary = split_by(keys, [archive_of[key] for key in keys], split)
     splits, alphabets = {}, {}
     for name, indices in chosen.items():
         indices = sorted(indices)
@@ -161,6 +230,7 @@ def prepare_omniglot(spec: DatasetSpec, raw_dir: Path, split: SplitConfig) -> Pr
             "drawings_per_class": DRAWINGS_PER_CHARACTER,
             "characters": [f"{alphabet}/{character}" for alphabet, character in keys],
             "split_protocol": protocol,
+            "split_summary": summary,
             "split_characters": {name: len(indices) for name, indices in chosen.items()},
             "split_alphabets": alphabets,
             "rotations": list(ROTATIONS),

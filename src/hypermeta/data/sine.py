@@ -90,5 +90,6 @@ def prepare_sine(spec: DatasetSpec, raw_dir: Path, split: SplitConfig) -> Prepar
             "amplitude_range": list(AMPLITUDE),
             "phase_range": list(PHASE),
             "x_range": list(X_RANGE),
+            "split_summary": "tasks drawn afresh from a seeded distribution (no split)",
         },
     )

@@ -86,7 +86,8 @@ class Vocabulary:
 
 
 def split_prepared(parts: dict[str, str], description: str) -> Prepared:
-    """Vocabulary from `parts["train"]`; every split encoded with it."""
+    """Vocabulary from `parts["train"]`; every split encoded with it; `description` says
+    where the splits come from."""
     vocab = Vocabulary.from_text(parts["train"])
     encoded = {name: vocab.encode(text) for name, text in parts.items()}
     return Prepared(
@@ -95,7 +96,7 @@ def split_prepared(parts: dict[str, str], description: str) -> Prepared:
             "vocab": vocab.symbols,
             "vocab_size": len(vocab),
             "unknown_characters": {name: e.unknown for name, e in encoded.items()},
-            "source": description,
+            "split_summary": description,
         },
     )
 
@@ -110,7 +111,8 @@ def split_by_position(text: str, fractions: tuple[float, float, float]) -> dict[
 @preparer("text_by_position")
 def prepare_text_by_position(spec: DatasetSpec, raw_dir: Path, split: SplitConfig) -> Prepared:
     text = read_text(raw_dir / spec.files[0].name)
-    return split_prepared(split_by_position(text, (0.90, 0.05, 0.05)), "90/5/5 by position")
+    parts = split_by_position(text, (0.90, 0.05, 0.05))
+    return split_prepared(parts, "train / val / test 90/5/5% by position")
 
 
 def ptb_characters(text: str) -> str:
@@ -126,7 +128,7 @@ def prepare_ptb_char(spec: DatasetSpec, raw_dir: Path, split: SplitConfig) -> Pr
         name: ptb_characters(read_text(raw_dir / f"ptb.char.{stem}.txt"))
         for name, stem in files.items()
     }
-    return split_prepared(parts, "standard ptb.char train/valid/test files")
+    return split_prepared(parts, "the standard ptb.char train / valid / test files")
 
 
 ENWIK8_SPLITS = (90_000_000, 5_000_000, 5_000_000)
@@ -149,4 +151,4 @@ def prepare_enwik8(spec: DatasetSpec, raw_dir: Path, split: SplitConfig) -> Prep
         "val": text[train : train + val],
         "test": text[train + val : train + val + test],
     }
-    return split_prepared(parts, "first 90M / 5M / 5M bytes")
+    return split_prepared(parts, "the first 90M / 5M / 5M bytes as train / valid / test")

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -30,6 +31,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -67,19 +69,33 @@ class NullTracker:
 Metric = tuple[str, float, int, int]  # key, value, timestamp (ms), step
 
 
+@dataclass(frozen=True)
+class Experiment:
+    experiment_id: str
+    artifact_location: str
+    tags: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Run:
+    run_id: str
+    tags: dict[str, str]
+
+
 class Store(Protocol):
     """What the pipeline needs of an MLflow tracking store."""
 
     tracking_uri: str
 
-    def experiment_id(self, name: str) -> str | None: ...
+    def experiment(self, name: str) -> Experiment | None: ...
     def create_experiment(self, name: str, artifact_location: str | None) -> str: ...
+    def set_experiment_tag(self, experiment_id: str, key: str, value: str) -> None: ...
     def create_run(self, experiment_id: str, run_name: str, tags: dict[str, str]) -> str: ...
     def log_batch(self, run_id: str, params: dict[str, str], metrics: list[Metric]) -> None: ...
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None) -> None: ...
     def run_status(self, run_id: str) -> str: ...
     def set_terminated(self, run_id: str, status: str) -> None: ...
-    def find_run(self, experiment_id: str, tag: str, value: str) -> str | None: ...
+    def find_runs(self, experiment_id: str, where: str, limit: int) -> list[Run]: ...
 
 
 class SqlStore:
@@ -96,9 +112,14 @@ class SqlStore:
 
         return MlflowClient(self.tracking_uri)
 
-    def experiment_id(self, name: str) -> str | None:
-        experiment = self.client.get_experiment_by_name(name)
-        return None if experiment is None else experiment.experiment_id
+    def experiment(self, name: str) -> Experiment | None:
+        found = self.client.get_experiment_by_name(name)
+        if found is None:
+            return None
+        return Experiment(found.experiment_id, found.artifact_location, dict(found.tags))
+
+    def set_experiment_tag(self, experiment_id: str, key: str, value: str) -> None:
+        self.client.set_experiment_tag(experiment_id, key, value)
 
     def create_experiment(self, name: str, artifact_location: str | None) -> str:
         return self.client.create_experiment(name, artifact_location=artifact_location)
@@ -128,11 +149,9 @@ class SqlStore:
     def set_terminated(self, run_id: str, status: str) -> None:
         self.client.set_terminated(run_id, status)
 
-    def find_run(self, experiment_id: str, tag: str, value: str) -> str | None:
-        found = self.client.search_runs(
-            [experiment_id], filter_string=f"tags.`{tag}` = '{value}'", max_results=1
-        )
-        return found[0].info.run_id if found else None
+    def find_runs(self, experiment_id: str, where: str, limit: int) -> list[Run]:
+        found = self.client.search_runs([experiment_id], filter_string=where, max_results=limit)
+        return [Run(run.info.run_id, dict(run.data.tags)) for run in found]
 
 
 class HttpStore:
@@ -175,14 +194,19 @@ class HttpStore:
             time.sleep(0.5 * 2**attempt)
         raise AssertionError("unreachable")
 
-    def experiment_id(self, name: str) -> str | None:
+    def experiment(self, name: str) -> Experiment | None:
         try:
-            found = self._call("experiments/get-by-name", experiment_name=name)
+            found = self._call("experiments/get-by-name", experiment_name=name)["experiment"]
         except HypermetaError as exc:
             if "RESOURCE_DOES_NOT_EXIST" in str(exc):
                 return None
             raise
-        return found["experiment"]["experiment_id"]
+        tags = {tag["key"]: tag["value"] for tag in found.get("tags", [])}
+        return Experiment(found["experiment_id"], found["artifact_location"], tags)
+
+    def set_experiment_tag(self, experiment_id: str, key: str, value: str) -> None:
+        body = {"experiment_id": experiment_id, "key": key, "value": value}
+        self._call("experiments/set-experiment-tag", body)
 
     def create_experiment(self, name: str, artifact_location: str | None) -> str:
         body = {"name": name}
@@ -253,17 +277,12 @@ class HttpStore:
         body = {"run_id": run_id, "status": status, "end_time": int(time.time() * 1000)}
         self._call("runs/update", body)
 
-    def find_run(self, experiment_id: str, tag: str, value: str) -> str | None:
-        found = self._call(
-            "runs/search",
-            {
-                "experiment_ids": [experiment_id],
-                "filter": f"tags.`{tag}` = '{value}'",
-                "max_results": 1,
-            },
-        )
-        runs = found.get("runs", [])
-        return runs[0]["info"]["run_id"] if runs else None
+    def find_runs(self, experiment_id: str, where: str, limit: int) -> list[Run]:
+        body = {"experiment_ids": [experiment_id], "filter": where, "max_results": limit}
+        return [
+            Run(run["info"]["run_id"], {t["key"]: t["value"] for t in run["data"].get("tags", [])})
+            for run in self._call("runs/search", body).get("runs", [])
+        ]
 
 
 def open_store(uri: str) -> Store:
@@ -335,15 +354,35 @@ def _lock(uri: str):
     return FileLock(Path(tempfile.gettempdir()) / f"hypermeta-mlflow-{digest}.lock")
 
 
+# What MLflow 3's UI opens an experiment on: the runs, not the GenAI traces overview.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def init_store(root: Path, store: Store, experiment_name: str) -> str:
     """Create the experiment once (first use by parallel processes races); return its id.
-    In the project's store its artifacts go to `<repo>/mlartifacts`."""
+    In the project's own store its artifacts go to `<repo>/mlartifacts`; a store whose
+    artifacts go into another folder (a project copied or moved with its store) is
+    refused, since every run would write its files there."""
+    own = not os.environ.get(URI_ENV) or store.tracking_uri.startswith("sqlite:")
     with _lock(store.tracking_uri):
-        experiment_id = store.experiment_id(experiment_name)
-        if experiment_id is not None:
+        experiment = store.experiment(experiment_name)
+        if experiment is None:
+            experiment_id = store.create_experiment(
+                experiment_name, artifact_root(root) if own else None
+            )
+            store.set_experiment_tag(experiment_id, *EXPERIMENT_KIND)
             return experiment_id
-        own = not os.environ.get(URI_ENV) or store.tracking_uri.startswith("sqlite:")
-        return store.create_experiment(experiment_name, artifact_root(root) if own else None)
+    location = experiment.artifact_location
+    if own and location.startswith("file:") and location != artifact_root(root):
+        raise HypermetaError(
+            f"the MLflow store of {Path(root).resolve()} keeps its artifacts in {location}, "
+            "another project's folder (the project was copied or moved with mlflow.db): "
+            "move mlflow.db and mlartifacts/ back with their project, or delete them here "
+            "to start a new store."
+        )
+    if experiment.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:  # a store made before
+        store.set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
+    return experiment.experiment_id
 
 
 def git_commit(root: Path) -> str:
@@ -373,6 +412,40 @@ def invocation_key(include_self: bool = False) -> str | None:
     return None
 
 
+PROCESS_TAG = "hypermeta.process"  # host:pid:start time of the process a run belongs to
+
+
+def process_tag(pid: int | None = None) -> str:
+    import psutil
+
+    process = psutil.Process(pid)
+    return f"{socket.gethostname()}:{process.pid}:{process.create_time():.0f}"
+
+
+def process_ended(tag: str) -> bool:
+    """Whether the process a PROCESS_TAG names has ended (one on another host: unknown)."""
+    import psutil
+
+    host, pid, started = tag.rsplit(":", 2)
+    if host != socket.gethostname():
+        return False
+    try:
+        return f"{psutil.Process(int(pid)).create_time():.0f}" != started
+    except psutil.Error:
+        return True
+
+
+def end_dead_runs(store: Store, experiment_id: str, stage: str, experiment: str | None) -> None:
+    """Mark KILLED the runs of this stage (× experiment) still RUNNING whose process has
+    ended: a job killed outright (SIGKILL, a lost node) never closed its run."""
+    where = f"tags.`hypermeta.stage` = '{stage}' and attributes.status = 'RUNNING'"
+    if experiment:
+        where += f" and tags.`hypermeta.experiment` = '{experiment}'"
+    for run in store.find_runs(experiment_id, where, 100):
+        if process_ended(run.tags.get(PROCESS_TAG, "?:0:0")):
+            store.set_terminated(run.run_id, "KILLED")
+
+
 def parent_run(store: Store, experiment_id: str, tags: dict[str, str]) -> str | None:
     """The parent run for this pipeline invocation, created on first use."""
     if os.environ.get(PARENT_ENV):
@@ -381,14 +454,20 @@ def parent_run(store: Store, experiment_id: str, tags: dict[str, str]) -> str | 
     if key is None:
         return None
     with _lock(store.tracking_uri + key):
-        found = store.find_run(experiment_id, "hypermeta.invocation", key)
+        found = store.find_runs(experiment_id, f"tags.`hypermeta.invocation` = '{key}'", 1)
         if found:
-            return found
-        engine = key.split("-")[0]
+            return found[0].run_id
+        engine, pid, _ = key.split("-")
+        end_dead_runs(store, experiment_id, "pipeline", None)
         return store.create_run(
             experiment_id,
             f"pipeline ({engine})",
-            {**tags, "hypermeta.invocation": key, "hypermeta.stage": "pipeline"},
+            {
+                **tags,
+                "hypermeta.invocation": key,
+                "hypermeta.stage": "pipeline",
+                PROCESS_TAG: process_tag(int(pid)),
+            },
         )
 
 
@@ -396,10 +475,12 @@ def start_pipeline_run(root: Path, experiment_name: str, profile: str, engine: s
     """Create the parent run for a pipeline invocation (the Snakefile's onstart)."""
     store = open_store(tracking_uri(root))
     experiment_id = init_store(root, store, experiment_name)
+    end_dead_runs(store, experiment_id, "pipeline", None)
     return store.create_run(
         experiment_id,
         f"pipeline ({engine})",
         {
+            PROCESS_TAG: process_tag(),
             "hypermeta.stage": "pipeline",
             "hypermeta.profile": profile,
             "hypermeta.git_commit": git_commit(root),
@@ -424,12 +505,14 @@ def stage_run(
     experiment_id = init_store(root, store, experiment_name)
     base_tags = {"hypermeta.git_commit": git_commit(root), **(tags or {})}
     parent_id = parent_run(store, experiment_id, base_tags)
-    run_tags = {**base_tags, "hypermeta.stage": stage}
+    run_tags = {**base_tags, "hypermeta.stage": stage, PROCESS_TAG: process_tag()}
     if experiment:
         run_tags["hypermeta.experiment"] = experiment
     if parent_id:
         run_tags["mlflow.parentRunId"] = parent_id
-    name = f"{stage}:{experiment}" if experiment else stage
+    end_dead_runs(store, experiment_id, stage, experiment)
+    # named so that a person finds an experiment's runs by its name in the UI's run list
+    name = f"{experiment} · {stage}" if experiment else stage
     run_id = store.create_run(experiment_id, name, run_tags)
     status = "FAILED"
     try:

@@ -226,6 +226,8 @@ def test_runs_are_reviewable_through_a_real_mlflow_server(project):
             pytest.fail("mlflow server did not come up on 127.0.0.1 within 60 s")
         client = MlflowClient(url)
         experiment = client.get_experiment_by_name("hypermeta")
+        # MLflow 3's UI opens it on its training runs, not the GenAI traces overview
+        assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
         runs = client.search_runs([experiment.experiment_id], max_results=500)
         parents = [r for r in runs if r.data.tags.get("hypermeta.stage") == "pipeline"]
         assert len(parents) == 1, "one parent run per pipeline invocation"
@@ -233,8 +235,8 @@ def test_runs_are_reviewable_through_a_real_mlflow_server(project):
         children = {
             r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent
         }
-        assert {"download", "split", "train:cnn", "train:hypercnn", "report"} <= set(children)
-        train = children["train:hypercnn"]
+        assert {"download", "split", "cnn · train", "hypercnn · train", "report"} <= set(children)
+        train = children["hypercnn · train"]
         assert train.data.tags["hypermeta.profile"] == "quick"
         assert len(train.data.tags["hypermeta.git_commit"]) >= 40
         assert len(train.data.tags["hypermeta.params_hash"]) == 12
@@ -247,7 +249,7 @@ def test_runs_are_reviewable_through_a_real_mlflow_server(project):
         assert [a.path for a in checkpoint] == ["checkpoint/checkpoint.pt"]
         for stage in ("download", "split", "report"):
             assert len(children[stage].data.tags["hypermeta.params_hash"]) == 12
-        evaluate = children["evaluate:hypercnn"]
+        evaluate = children["hypercnn · evaluate"]
         assert 0.8 < evaluate.data.metrics["test_accuracy"] <= 1
     finally:
         os.killpg(server.pid, signal.SIGTERM)

@@ -6,6 +6,7 @@ straight into the sqlite store."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -14,7 +15,16 @@ from pathlib import Path
 import psutil
 import pytest
 
-from hypermeta.tracking import PARENT_ENV, SERVER_ENV, URI_ENV, HttpStore, tracking_uri
+from hypermeta.errors import HypermetaError
+from hypermeta.tracking import (
+    PARENT_ENV,
+    SERVER_ENV,
+    URI_ENV,
+    HttpStore,
+    SqlStore,
+    init_store,
+    tracking_uri,
+)
 from hypermeta.tracking_server import STATE, _healthy, ensure_server
 
 pytestmark = pytest.mark.integration
@@ -99,7 +109,7 @@ def test_the_invocation_server_serves_parallel_writers_and_stops_with_it(tmp_pat
     outputs = writers(tmp_path, env)
     assert all("imported mlflow: False" in out for out in outputs)
     check_runs(tmp_path, uri)
-    assert HttpStore(uri).experiment_id("no such experiment") is None
+    assert HttpStore(uri).experiment("no such experiment") is None
 
     watched.kill()
     watched.wait()
@@ -126,3 +136,39 @@ def test_a_stage_by_hand_logs_to_the_project_store_and_a_users_store_wins(tmp_pa
     assert tracking_uri(tmp_path) == "http://127.0.0.1:1"
     monkeypatch.setenv(URI_ENV, "http://tracking.example:5000")
     assert tracking_uri(tmp_path) == "http://tracking.example:5000"
+
+
+def test_a_killed_stages_run_is_marked_killed_when_the_stage_starts_again(tmp_path, watched):
+    env = {**clean_env(), SERVER_ENV: ensure_server(tmp_path, key_of(watched))}
+    env["PYTHONPATH"] = str(SRC)
+    line = '    tracker.log_artifact(root / f"{name}.txt", "model")\n'
+    hanging = WRITER.replace(line, line + "    __import__('time').sleep(600)\n")  # in its run
+    assert hanging != WRITER
+    stage = subprocess.Popen(
+        [sys.executable, "-c", hanging, str(tmp_path), "w0"], env=env, stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    store = HttpStore(env[SERVER_ENV])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (
+        (experiment := store.experiment("hypermeta"))
+        and store.find_runs(experiment.experiment_id, "attributes.status = 'RUNNING'", 5)
+    ):
+        time.sleep(0.5)
+    [killed] = store.find_runs(experiment.experiment_id, "attributes.status = 'RUNNING'", 5)
+    stage.kill()  # SIGKILL: the run is never closed by the stage itself
+    stage.wait()
+    assert store.run_status(killed.run_id) == "RUNNING"
+    writers(tmp_path, env, count=1)  # the same stage of the same experiment, run again
+    assert store.run_status(killed.run_id) == "KILLED"
+
+
+def test_a_store_copied_with_its_project_is_refused_with_the_fix(tmp_path):
+    original = tmp_path / "original"
+    original.mkdir()
+    writers(original, clean_env(), count=1)
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)
+    with pytest.raises(HypermetaError, match="another project's folder.*delete them here"):
+        init_store(copy, SqlStore(f"sqlite:///{copy}/mlflow.db"), "hypermeta")
+    assert not list((original / "mlartifacts").rglob("copy*"))

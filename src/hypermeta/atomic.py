@@ -1,5 +1,10 @@
 """Atomic writes: a temp file in the destination folder, then rename, so no reader
-(and no rerun after a crash) ever sees a half-written output."""
+(and no rerun after a crash) ever sees a half-written output. And `torch_load`, the one
+reader of what `torch_save` writes.
+
+Every torch file the project saves (models, checkpoints, prepared splits) holds only
+tensors and plain values (dicts, lists, numbers, strings), so `torch_load` reads with
+`weights_only=True`: a model file from elsewhere cannot run code when it is read."""
 
 from __future__ import annotations
 
@@ -10,6 +15,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from hypermeta.errors import HypermetaError
 
 
 @contextmanager
@@ -50,3 +57,16 @@ def torch_save(destination: str | os.PathLike, obj: Any) -> Path:
     import torch  # here, not above: writing JSON or text needs no torch
 
     return write_with(destination, lambda tmp: torch.save(obj, tmp))
+
+
+def torch_load(path: str | os.PathLike, fix: str) -> Any:
+    """What `torch_save` wrote at `path`, read without running code; a file that is not
+    one (foreign, damaged, or carrying code) is one sentence saying `fix`."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # whatever torch or pickle raised: say which, and the fix
+        raise HypermetaError(
+            f"{path} is not a file saved by hypermeta, or is damaged ({type(exc).__name__}); {fix}."
+        ) from None

@@ -5,10 +5,15 @@ few-shot model, exactly as the evaluator does on an episode.
         --out preds.csv
 
 DIR of the support set holds one sub-folder of images per class (the folder name is the
-class name); the query folder holds images. Any size and common format: each image is
-converted like the training data (grayscale, antialiased resize to 28×28, dark ink on a
-light background as in Omniglot). The CSV has one row per query image: its file name,
-the predicted class and the softmax score of every class.
+class name); the query folder holds images. Any size, common format, polarity and
+contrast: each image is converted exactly like the training data (data/omniglot.py's
+`to_model_image`: grayscale, ink high whether drawn dark on light or light on dark,
+stretched to full contrast, antialiased resize to 28×28). The CSV has one row per query
+image: its file name, the predicted class and the softmax score of every class.
+
+Batch norm works as the model was evaluated (`eval.batchnorm`), so the tool answers as
+the evaluator does; BATCHNORM_NOTES says what that means for a query, in `--help` and in
+the tool's output.
 """
 
 from __future__ import annotations
@@ -24,8 +29,23 @@ from hypermeta.errors import HypermetaError
 if TYPE_CHECKING:  # torch loads only when a command runs, keeping `hypermeta --help` quick
     import torch
 
+    from hypermeta.methods.fewshot_base import BatchNormMode
+
 HELP = "few-shot tools: predict the classes of query images from a support set"
 
+
+# What a model's batch-norm regime means for a user's queries, stated where it applies.
+BATCHNORM_NOTES = {
+    "transductive": (
+        "transductive batch norm: statistics come from the batch of images classified "
+        "together, so a query's scores depend on the other images in --query (classify one "
+        "image per query folder for scores of its own)"
+    ),
+    "running": (
+        "running batch-norm statistics: each query is classified from the support set "
+        "alone, whatever else --query holds"
+    ),
+}
 
 SUPPORT_LAYOUT = "one sub-folder per class, each holding that class's images"
 CLASS_LAYOUT = "the class's images directly, with no sub-folders"
@@ -93,8 +113,9 @@ def read_query(folder: Path) -> tuple[list[str], torch.Tensor]:
 
 def predict(
     model_dir: Path, support: Path, query: Path
-) -> tuple[list[str], list[str], torch.Tensor]:
-    """(query file names, class names, (queries, classes) softmax scores)."""
+) -> tuple[list[str], list[str], torch.Tensor, BatchNormMode]:
+    """(query file names, class names, (queries, classes) softmax scores, the model's
+    batch-norm regime)."""
     import torch
 
     from hypermeta.engine.classification import load_trained
@@ -130,8 +151,9 @@ def predict(
         query_y=torch.zeros(1, len(query_names), dtype=torch.long),  # never read at test
         n_way=len(class_names),
     )
-    logits = episode_logits(learner, episodes, saved["experiment"]["eval"]["batchnorm"])
-    return query_names, class_names, logits[0].softmax(-1)
+    batchnorm = saved["experiment"]["eval"]["batchnorm"]
+    logits = episode_logits(learner, episodes, batchnorm)
+    return query_names, class_names, logits[0].softmax(-1), batchnorm
 
 
 def write_predictions(
@@ -149,14 +171,23 @@ def write_predictions(
 
 
 def _predict_command(args: argparse.Namespace) -> None:
-    query_names, class_names, scores = predict(args.model, args.support, args.query)
+    query_names, class_names, scores, batchnorm = predict(args.model, args.support, args.query)
     write_predictions(args.out, query_names, class_names, scores)
     print(f"wrote {len(query_names)} predictions over {len(class_names)} classes to {args.out}")
+    print(f"the model uses {BATCHNORM_NOTES[batchnorm]}.")
 
 
 def setup(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="fewshot_command", required=True)
-    sub = commands.add_parser("predict", help="classify query images given a support set")
+    sub = commands.add_parser(
+        "predict",
+        help="classify query images given a support set",
+        description="Classify query images given a support set, as the evaluator does. "
+        "Images may be dark on light or light on dark, in any contrast: each is normalised "
+        "as the training data. Batch norm works as the model was evaluated: with "
+        + "; with ".join(BATCHNORM_NOTES.values())
+        + ".",
+    )
     sub.add_argument("--model", type=Path, required=True, help="models/<experiment> folder")
     sub.add_argument("--support", type=Path, required=True, help="one sub-folder per class")
     sub.add_argument("--query", type=Path, required=True, help="folder of images to classify")

@@ -4,8 +4,10 @@ Flag names follow the HyperLSTM reference project's `hyperlstm_train.py`. `train
 out the last `--val-split` of the file for validation, builds the vocabulary from the
 rest, and saves `<save-dir>/model.pt` (weights + vocabulary), resuming from
 `<save-dir>/checkpoint.pt` when run again with the same flags and file content (a
-larger `--epochs` continues the run). `eval` and `generate` work on any file:
-characters the model never saw count as unknown and are reported.
+larger `--epochs` continues the run). `eval` and `generate` work on any text file (a
+binary one is refused): characters the model never saw count as unknown and are
+reported, with a warning when they are most of the text. Bytes of `--prime-text` that
+are not UTF-8 reach the model as the bytes they are.
 """
 
 from __future__ import annotations
@@ -157,6 +159,13 @@ def evaluate(args: argparse.Namespace) -> None:
     encoded = vocab.encode(read_text(args.data_path))
     if len(encoded.tokens) < 2:
         raise HypermetaError(f"{args.data_path} has fewer than 2 characters; nothing to score.")
+    if encoded.unknown > len(encoded.tokens) / 2:  # on stderr: stdout keeps the numbers
+        print(
+            f"[hypermeta] warning: {encoded.unknown} of the {len(encoded.tokens)} characters "
+            f"({encoded.unknown / len(encoded.tokens):.0%}) are unknown to the model: this "
+            "text is unlike what it was trained on, so its bpc says little.",
+            file=sys.stderr,
+        )
     bits, real = token_bits(model, encoded.tokens, args.batch_size, args.seq_length)
     bpc = bits_per_char(bits, real)
     _, half = mean_interval(block_means(bits, real, 1000))

@@ -277,7 +277,7 @@ def test_killed_training_resumes_and_completes(project):
     epoch = 0
     while time.time() < deadline and training.poll() is None:
         if checkpoint.exists():  # the previous run's checkpoint has another config hash
-            state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
             epoch = state["epoch"] if state["config_hash"] == expected else 0
             if epoch >= 2:
                 break

@@ -73,8 +73,8 @@ def test_interrupted_training_resumes_to_the_same_weights(prepared, monkeypatch)
     monkeypatch.setattr(Checkpointer, "save", original_save)
     engine.train(resumed)
 
-    a = torch.load(straight.model_path, weights_only=False)["state_dict"]
-    b = torch.load(resumed.model_path, weights_only=False)["state_dict"]
+    a = torch.load(straight.model_path, weights_only=True)["state_dict"]
+    b = torch.load(resumed.model_path, weights_only=True)["state_dict"]
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
     history = json.loads(resumed.history_path.read_text())

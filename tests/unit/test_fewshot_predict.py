@@ -15,9 +15,11 @@ from torch import nn
 
 from hypermeta.cli import main
 from hypermeta.data.episodes import EpisodeSetting
+from hypermeta.data.prepare import load_split
 from hypermeta.engine.classification import load_trained
 from hypermeta.engine.fewshot import FewShotEngine, check_ways, episode_logits, split_sampler
 from hypermeta.errors import HypermetaError
+from hypermeta.fewshot_cli import BATCHNORM_NOTES
 from hypermeta.methods.protonet import PrototypicalNetwork
 
 # The methods `predict` is checked with: the reference learner and a gradient learner
@@ -65,6 +67,34 @@ def save_png(image: torch.Tensor, path) -> None:
     Image.fromarray((255 - image[0]).numpy()).save(path)
 
 
+def write_folders(root, raw: torch.Tensor, k_shot: int, queries: int, save=save_png):
+    """support/class<i>/<shot>.png and query/q<i><j>.png under `root` from `raw`
+    (N, drawings, 1, H, W): the first `k_shot` drawings support, the next `queries` query.
+    Returns the --support/--query flags and the query file names."""
+    for label in range(len(raw)):
+        (root / "support" / f"class{label}").mkdir(parents=True)
+        for shot in range(k_shot):
+            save(raw[label, shot], root / "support" / f"class{label}" / f"{shot}.png")
+    (root / "query").mkdir()
+    names = []
+    for label in range(len(raw)):
+        for q in range(queries):
+            names.append(f"q{label}{q}.png")
+            save(raw[label, k_shot + q], root / "query" / names[-1])
+    return ["--support", str(root / "support"), "--query", str(root / "query")], names
+
+
+def drawings_of(ctx, n_way: int = 5, drawings: int = 5) -> torch.Tensor:
+    """(n_way, drawings, 1, H, W) prepared test images of the first classes."""
+    images = load_split(ctx.data_dir, "test")["images"]
+    return images[:n_way, :drawings]
+
+
+def predict_csv(model_dir, folders, out) -> list[dict[str, str]]:
+    assert main(["fewshot", "predict", "--model", str(model_dir), *folders, "--out", str(out)]) == 0
+    return list(csv.DictReader(out.open()))
+
+
 @with_trained(
     PROTONET_TRANSDUCTIVE, ("protonet", "running"), ("maml", "transductive"), ("maml", "running")
 )
@@ -79,22 +109,8 @@ def test_predict_gives_the_evaluators_answers_on_the_same_episode(trained, tmp_p
     expected = episode_logits(learner, episodes, batchnorm)[0].softmax(-1)
 
     raw = sampler.images[index.classes[0].unsqueeze(-1), index.drawings[0]]  # (N, K+Q, 1, H, W)
-    for label in range(setting.n_way):
-        (tmp_path / "support" / f"class{label}").mkdir(parents=True)
-        for shot in range(setting.k_shot):
-            save_png(raw[label, shot], tmp_path / "support" / f"class{label}" / f"{shot}.png")
-    (tmp_path / "query").mkdir()
-    names = []
-    for label in range(setting.n_way):
-        for q in range(setting.query):
-            names.append(f"q{label}{q}.png")
-            save_png(raw[label, setting.k_shot + q], tmp_path / "query" / names[-1])
-
-    out = tmp_path / "preds.csv"
-    folders = ["--support", str(tmp_path / "support"), "--query", str(tmp_path / "query")]
-    argv = ["fewshot", "predict", "--model", str(ctx.model_dir), *folders, "--out", str(out)]
-    assert main(argv) == 0
-    rows = list(csv.DictReader(out.open()))
+    folders, names = write_folders(tmp_path, raw, setting.k_shot, setting.query)
+    rows = predict_csv(ctx.model_dir, folders, tmp_path / "preds.csv")
     assert [row["query"] for row in rows] == names
     classes = [f"class{label}" for label in range(setting.n_way)]
     predicted = [classes[i] for i in expected.argmax(-1).tolist()]
@@ -106,6 +122,50 @@ def test_predict_gives_the_evaluators_answers_on_the_same_episode(trained, tmp_p
     assert sum(p == classes[t] for p, t in zip(predicted, truth, strict=True)) == sum(
         row["predicted_class"] == classes[t] for row, t in zip(rows, truth, strict=True)
     )
+
+
+@with_trained(
+    PROTONET_TRANSDUCTIVE, ("protonet", "running"), ("maml", "transductive"), ("maml", "running")
+)
+def test_a_query_scores_alone_as_among_others_exactly_when_batch_norm_is_running(
+    trained, tmp_path, capsys
+):
+    raw = drawings_of(trained)
+    folders, names = write_folders(tmp_path, raw, k_shot=1, queries=2)
+    among = predict_csv(trained.model_dir, folders, tmp_path / "all.csv")
+    batchnorm = trained.experiment.eval.batchnorm
+    assert capsys.readouterr().out.endswith(f"the model uses {BATCHNORM_NOTES[batchnorm]}.\n")
+    for name in names[1:]:
+        (tmp_path / "query" / name).unlink()
+    alone = predict_csv(trained.model_dir, folders, tmp_path / "one.csv")
+    assert alone[0]["query"] == among[0]["query"] == names[0]
+    scores = [torch.tensor([float(v) for k, v in row.items() if k.startswith("score_")])
+              for row in (alone[0], among[0])]  # fmt: skip
+    if batchnorm == "running":
+        assert_close_reordered(scores[0], scores[1])
+    else:  # what the note says: the other queries moved this one's scores
+        assert (scores[0] - scores[1]).abs().max() > 1e-3
+
+
+def test_predict_help_states_what_each_batch_norm_regime_means(capsys):
+    with pytest.raises(SystemExit):
+        main(["fewshot", "predict", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(note in text for note in BATCHNORM_NOTES.values())
+
+
+@with_trained(PROTONET_TRANSDUCTIVE)
+def test_an_inverted_copy_of_the_images_gets_the_same_predictions(trained, tmp_path):
+    """User images come dark on light (Omniglot's look) or light on dark (MNIST's)."""
+    raw = drawings_of(trained)
+
+    def light_on_dark(image: torch.Tensor, path) -> None:
+        Image.fromarray(image[0].numpy()).save(path)  # the prepared images' own polarity
+
+    folders, _ = write_folders(tmp_path / "dark_on_light", raw, k_shot=2, queries=3)
+    expected = predict_csv(trained.model_dir, folders, tmp_path / "a.csv")
+    folders, _ = write_folders(tmp_path / "light_on_dark", raw, 2, 3, save=light_on_dark)
+    assert predict_csv(trained.model_dir, folders, tmp_path / "b.csv") == expected
 
 
 @with_trained(PROTONET_TRANSDUCTIVE)
@@ -156,6 +216,14 @@ def test_bad_folders_get_one_clear_sentence(trained, tmp_path, capsys):
 
     assert main([*argv[:3], str(tmp_path / "no_model"), *argv[4:]]) == 2
     assert "run the train stage" in capsys.readouterr().err
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "model.pt").write_bytes(b"not a model")
+    assert main([*argv[:3], str(tmp_path / "corrupt"), *argv[4:]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"hypermeta: error: {tmp_path / 'corrupt' / 'model.pt'} is not a file saved by hypermeta"
+    )
+    assert err.count("\n") == 1
     assert main(argv) == 0
 
 

@@ -200,6 +200,89 @@ def test_unknown_prime_characters_are_counted_and_reported(tmp_path, capsys):
     assert out.startswith("aZ") and "--prime-text unknown to the model: 1 " in err
 
 
+def saved_lnlstm(tmp_path, text: str = "abcdefgh \n"):
+    """A small untrained LN-LSTM saved as `lm train` saves one: (its path, its vocabulary)."""
+    from hypermeta.engine.language_model import save_model
+
+    vocab = Vocabulary.from_text(text)
+    section = {"method": "lnlstm", "model": {"embedding_size": 16, "hidden_size": 32}}
+    save_model(
+        tmp_path / "model.pt", section, vocab, char_model("lnlstm", len(vocab)).state_dict(), []
+    )
+    return tmp_path / "model.pt", vocab
+
+
+def test_lm_eval_refuses_a_binary_file_and_warns_on_mostly_unknown_text(tmp_path, capsys):
+    from hypermeta.cli import main
+
+    model_path, _ = saved_lnlstm(tmp_path)
+    binary = tmp_path / "program"
+    binary.write_bytes(bytes(range(256)) * 40)  # as an executable: NULs and control bytes
+    argv = ["lm", "eval", "--load-model", str(model_path), "--device", "cpu"]
+    assert main([*argv, "--data-path", str(binary)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"hypermeta: error: {binary} is not a text file (1040 of its 10240 bytes are control "
+        "characters such as NUL); pass a plain-text file (UTF-16 text: convert it to UTF-8 "
+        "first).\n"
+    )
+    foreign = tmp_path / "foreign.txt"
+    foreign.write_text("xyz XYZ 0123 abc\n" * 20)  # 10 of its 17 characters unknown
+    assert main([*argv, "--data-path", str(foreign)]) == 0
+    out, err = capsys.readouterr()
+    assert "unknown to the model 200" in out
+    assert err.startswith("[hypermeta] warning: 200 of the 340 characters (59%) are unknown")
+    familiar = tmp_path / "familiar.txt"
+    familiar.write_text("abc def\nghz\n" * 20)  # 'z' unknown: 20 of 240
+    assert main([*argv, "--data-path", str(familiar)]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_lm_tools_read_any_prime_bytes_and_refuse_foreign_model_files(tmp_path, capsys):
+    from hypermeta.cli import main
+
+    model_path, _ = saved_lnlstm(tmp_path)
+    argv = ["lm", "generate", "--load-model", str(model_path), "--device", "cpu"]
+    # A command line's bytes that are not UTF-8 ('a', 0xff) reach Python as surrogates.
+    prime = b"a\xff".decode("utf-8", errors="surrogateescape")
+    assert main([*argv, "--prime-text", prime, "--gen-length", "5"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("a\ufffd") and len(out) == len("a\ufffd") + 5 + 1
+    assert "--prime-text unknown to the model: 1 " in err  # the byte 0xff
+
+    for name, content in (
+        ("program", bytes(range(256)) * 4),
+        ("truncated.pt", model_path.read_bytes()[:300]),
+    ):
+        (tmp_path / name).write_bytes(content)
+        assert main([*argv[:2], "--load-model", str(tmp_path / name), "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"hypermeta: error: {tmp_path / name} is not a file saved by ")
+        assert err.endswith("or pass --load-model a model.pt it saved.\n") and err.count("\n") == 1
+
+
+class _RunsCode:
+    """A pickle payload that would create a file when unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_model_file_cannot_run_code_when_read(tmp_path):
+    from hypermeta.engine.checkpoint import load_saved
+
+    marker = tmp_path / "ran"
+    torch.save(
+        {"experiment": {"method": "lnlstm"}, "payload": _RunsCode(marker)}, tmp_path / "m.pt"
+    )
+    with pytest.raises(HypermetaError, match="is not a file saved by hypermeta"):
+        load_saved(tmp_path / "m.pt")
+    assert not marker.exists()
+
+
 def word_salad(words: int, seed: int) -> str:
     """Random words from a small lexicon: characters within a word are predictable, so a
     model that learns must beat the unigram entropy by far."""

@@ -428,8 +428,8 @@ def test_sine_training_resumes_exactly_after_an_interruption(tmp_path, monkeypat
     monkeypatch.setattr(regression, "sample_episodes", real_sample)
     engine.train(resumed)
 
-    expected = torch.load(straight.model_path, weights_only=False)
-    got = torch.load(resumed.model_path, weights_only=False)
+    expected = torch.load(straight.model_path, weights_only=True)
+    got = torch.load(resumed.model_path, weights_only=True)
     for name, value in expected["state_dict"].items():
         torch.testing.assert_close(got["state_dict"][name], value, rtol=0, atol=0)
     assert [r["iteration"] for r in got["history"]] == [10, 20, 30]

@@ -63,7 +63,7 @@ def test_rotated_classes_are_rotations_of_the_same_character(prepared):
         assert torch.equal(turned, torch.rot90(upright, rotation // 90, dims=(-2, -1)))
 
 
-def test_conversion_grayscales_resizes_with_antialiasing_and_inverts():
+def test_conversion_grayscales_resizes_with_antialiasing_and_puts_ink_high_from_any_look():
     picture = np.full((105, 105, 3), 255, dtype=np.uint8)
     picture[:, 50:55] = 0  # a black vertical bar, 5 of 105 columns wide
     converted = to_model_image(Image.fromarray(picture))
@@ -74,6 +74,12 @@ def test_conversion_grayscales_resizes_with_antialiasing_and_inverts():
     assert column[13] == column[14]
     assert 128 < column[13] < 255
     assert column[:10].max() == 0 and column[18:].max() == 0  # paper is 0
+    # Light ink on dark paper (MNIST's look) and a faint, low-contrast copy are the same
+    # picture to the model.
+    assert torch.equal(to_model_image(Image.fromarray(255 - picture)), converted)
+    faint = (100 + picture.astype(np.int32) * 100 // 255).astype(np.uint8)  # 100..200
+    assert torch.equal(to_model_image(Image.fromarray(faint)), converted)
+    assert to_model_image(Image.new("L", (30, 40), 200)).max() == 0  # blank stays paper
 
 
 def test_vinyals_split_holds_1200_training_characters_and_is_seeded():

@@ -155,8 +155,8 @@ def test_interrupted_training_resumes_exactly(tmp_path, data_dir, monkeypatch):
             engine.train(resumed)
     assert not resumed.model_path.exists() and resumed.checkpoint_path.exists()
     engine.train(resumed)
-    final = torch.load(resumed.model_path, weights_only=False)
-    reference = torch.load(straight.model_path, weights_only=False)
+    final = torch.load(resumed.model_path, weights_only=True)
+    reference = torch.load(straight.model_path, weights_only=True)
     for key, value in reference["state_dict"].items():
         assert torch.equal(final["state_dict"][key], value), key
     assert [r["val_accuracy"] for r in final["history"]] == [

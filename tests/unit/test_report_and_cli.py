@@ -1,4 +1,6 @@
 import copy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,12 +54,34 @@ def test_cli_unknown_experiment_is_one_sentence_and_exit_2(tmp_path, monkeypatch
 def test_cli_lists_every_experiment_as_the_active_profile_resolves_it(
     tmp_path, monkeypatch, capsys
 ):
-    write_params(tmp_path)
+    params = copy.deepcopy(BASE_PARAMS)
+    params["experiments"]["sine_of_a_long_name"] = {
+        "method": "metasgd_regression",  # longer than the method column's other values
+        "dataset": "sine",
+        "group": "g",
+    }
+    params["data"]["datasets"]["quick"].append("sine")
+    params["data"]["datasets"]["paper"].append("sine")
+    write_params(tmp_path, params)
     monkeypatch.chdir(tmp_path)
     assert main(["experiments"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "profile: quick"
-    assert lines[1].split() == ["cnn", "cnn", "classification", "fashion_mnist"]
+    assert capsys.readouterr().out == (
+        "profile: quick\n"
+        "  experiment           method              dataset        group\n"
+        "  cnn                  cnn                 fashion_mnist  -\n"
+        "  sine_of_a_long_name  metasgd_regression  sine           g\n"
+    )
+
+
+def test_cli_lists_experiments_without_importing_torch(tmp_path):
+    """A listing is read from params.yaml; importing torch for it took seconds."""
+    write_params(tmp_path)
+    script = "import sys; from hypermeta.cli import main; main(['experiments']); "
+    script += "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
+    run = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    assert run.stdout.splitlines()[-1] == "[]"
 
 
 def test_cli_without_params_file_says_where_to_run(tmp_path, monkeypatch, capsys):

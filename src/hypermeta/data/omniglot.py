@@ -45,14 +45,24 @@ LAKE_ARCHIVES = ("images_background", "images_evaluation")  # meta-train, meta-t
 
 
 def to_model_image(image: Image.Image) -> torch.Tensor:
-    """Any picture → (1, 28, 28) uint8 with ink high and paper 0, as the models see Omniglot.
+    """Any picture → (1, 28, 28) uint8 with paper 0 and the strongest ink 255, as the
+    models see Omniglot; Omniglot's drawings and a user's images alike go through it.
 
-    Grayscale, antialiased (Lanczos) resize, then inverted: Omniglot strokes are dark on
-    white, and zero background suits the zero padding of the conv layers."""
-    gray = image.convert("L")
-    if gray.size != (IMAGE_SIZE, IMAGE_SIZE):
-        gray = gray.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS)
-    return torch.from_numpy(255 - np.asarray(gray, dtype=np.uint8)).unsqueeze(0)
+    Grayscale, then in Omniglot's look, dark ink on light paper: the paper is most of a
+    picture, so one with a dark median (light ink on dark, as MNIST) is inverted. Then
+    stretched so the paper is 255 and the darkest ink 0, resized (antialiased, Lanczos)
+    and inverted, ink high on a zero background that suits the conv layers' zero padding.
+    So neither polarity nor contrast changes what a model sees, and an Omniglot drawing
+    (pure black on white) is only resized and inverted."""
+    gray = np.asarray(image.convert("L"), dtype=np.int32)
+    if np.median(gray) < 127.5:
+        gray = 255 - gray
+    paper, ink = gray.max(), gray.min()
+    span = max(paper - ink, 1)  # a blank picture stays blank paper
+    look = Image.fromarray((255 - ((paper - gray) * 255 + span // 2) // span).astype(np.uint8))
+    if look.size != (IMAGE_SIZE, IMAGE_SIZE):
+        look = look.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS)
+    return torch.from_numpy(255 - np.asarray(look, dtype=np.uint8)).unsqueeze(0)
 
 
 def read_image_file(path: Path) -> torch.Tensor:

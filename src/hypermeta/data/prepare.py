@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from hypermeta.atomic import torch_save, write_json
+from hypermeta.atomic import torch_load, torch_save, write_json
 from hypermeta.config import SplitConfig
 from hypermeta.data.download import md5_of
 from hypermeta.data.registry import DATASETS, DatasetSpec
@@ -99,4 +99,4 @@ def load_split(data_dir: Path, split: str) -> dict[str, torch.Tensor]:
         raise HypermetaError(
             f"{path} not found; run the split stage first (python pipeline/split.py)."
         )
-    return torch.load(path, weights_only=True)
+    return torch_load(path, "delete it and run the split stage again")

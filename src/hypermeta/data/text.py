@@ -22,16 +22,33 @@ from hypermeta.errors import HypermetaError
 UNKNOWN = "<unk>"  # id 0: characters never seen in training map here
 
 
+# Bytes that text does not hold: the C0 controls but backspace, tab, newline, vertical tab,
+# form feed, carriage return and escape; and DEL. A binary file is full of them (NUL above
+# all), a text file has none or a stray few.
+CONTROL_BYTES = bytes([*range(0, 8), *range(14, 27), *range(28, 32), 127])
+MAX_CONTROL_SHARE = 0.01
+
+
 def read_text(path: str | Path) -> str:
     path = Path(path)
     if not path.is_file():
         raise HypermetaError(f"{path} is not a readable file; pass the path of a text file.")
-    return path.read_bytes().decode("latin-1")
+    data = path.read_bytes()
+    control = len(data) - len(data.translate(None, CONTROL_BYTES))
+    if control > MAX_CONTROL_SHARE * len(data):
+        raise HypermetaError(
+            f"{path} is not a text file ({control} of its {len(data)} bytes are control "
+            "characters such as NUL); pass a plain-text file (UTF-16 text: convert it to "
+            "UTF-8 first)."
+        )
+    return data.decode("latin-1")
 
 
 def from_display(text: str) -> str:
-    """Text typed by a user (e.g. a prime) as the byte-characters the model reads."""
-    return text.encode("utf-8").decode("latin-1")
+    """Text typed by a user (e.g. a prime) as the byte-characters the model reads. Bytes
+    of a command line that are not UTF-8 reach Python as surrogates (PEP 383), which
+    `surrogateescape` turns back into exactly those bytes."""
+    return text.encode("utf-8", errors="surrogateescape").decode("latin-1")
 
 
 def to_display(text: str) -> str:

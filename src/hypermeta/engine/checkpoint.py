@@ -7,9 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from hypermeta.atomic import torch_save
+from hypermeta.atomic import torch_load, torch_save
 from hypermeta.errors import HypermetaError
 
 
@@ -22,13 +20,9 @@ class Checkpointer:
         """The saved state if it belongs to this config, else None (training starts afresh)."""
         if not self.path.exists():
             return None
-        try:
-            state = torch.load(self.path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # any unreadable file: say which and what to do
-            raise HypermetaError(
-                f"checkpoint {self.path} cannot be read ({type(exc).__name__}); "
-                "delete it to restart this experiment's training from scratch."
-            ) from None
+        state = torch_load(
+            self.path, "delete it to restart this experiment's training from scratch"
+        )
         if state.get("config_hash") != self.config_hash:
             print(f"[hypermeta] {self.path} was made with other parameters; starting afresh.")
             return None
@@ -39,8 +33,12 @@ class Checkpointer:
 
 
 def load_saved(path: Path, fix: str = "run the train stage for this experiment") -> dict[str, Any]:
-    """The dict a train stage saved at `path`; a missing file is one sentence saying `fix`."""
+    """The dict a train stage saved at `path`; a missing or unreadable file is one
+    sentence saying `fix`."""
     path = Path(path)
     if not path.exists():
         raise HypermetaError(f"{path} not found; {fix}.")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    saved = torch_load(path, fix)
+    if not isinstance(saved, dict) or "experiment" not in saved:  # e.g. a checkpoint or split
+        raise HypermetaError(f"{path} is not a trained model saved by hypermeta; {fix}.")
+    return saved

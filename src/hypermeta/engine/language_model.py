@@ -297,7 +297,7 @@ def save_model(
 
 
 def load_trained(path: Path, device: torch.device) -> tuple[CharLanguageModel, Vocabulary, dict]:
-    saved = load_saved(path, "train a model first (or pass --load-model)")
+    saved = load_saved(path, "train one with `lm train`, or pass --load-model a model.pt it saved")
     if "vocab" not in saved.get("data_info", {}):
         raise HypermetaError(f"{path} is not a language model; pass a model saved by `lm train`.")
     model = build_model(saved["experiment"], saved["data_info"])
@@ -315,13 +315,15 @@ def generate(
     seed: int,
 ) -> tuple[str, int]:
     """`prime` followed by `length` sampled characters (the same seed gives the same text),
-    and how many characters of `prime` the model does not know (read as the unknown symbol)."""
+    as displayable text (bytes that are not UTF-8 shown as U+FFFD), and how many
+    characters of `prime` the model does not know (read as the unknown symbol)."""
     if temperature <= 0:
         raise HypermetaError(f"temperature must be positive (got {temperature}); try 0.5 or 1.0.")
     model.eval()
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
-    context = vocab.encode(from_display(prime) or "\n")
+    primed = from_display(prime)
+    context = vocab.encode(primed or "\n")
     state = model.initial_state(1, device)
     logits, state = model(context.tokens.long().view(-1, 1).to(device), state)
     sampled = []
@@ -331,7 +333,7 @@ def generate(
         token = torch.multinomial(probabilities, 1, generator=generator)
         sampled.append(token.item())
         logits, state = model(token.view(1, 1).to(device), state)
-    return prime + to_display(vocab.decode(sampled)), context.unknown
+    return to_display(primed + vocab.decode(sampled)), context.unknown
 
 
 @torch.no_grad()

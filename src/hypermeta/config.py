@@ -23,9 +23,10 @@ from hypermeta.errors import HypermetaError
 
 
 class StrictModel(BaseModel):
-    """A params section: unknown keys are errors, not silently ignored."""
+    """A params section: unknown keys are errors, not silently ignored, and values keep
+    their YAML types (`epochs: "3"` is an error, not 3); an int is still a float."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class Resources(StrictModel):
@@ -92,7 +93,7 @@ class Experiment:
     train: BaseModel
     eval: BaseModel
     resources: Resources
-    section: dict[str, Any]  # the merged raw section: what is logged and hashed
+    section: dict[str, Any]  # the validated section, defaults filled: logged and hashed
 
     @property
     def params_hash(self) -> str:
@@ -246,6 +247,12 @@ def resolve(params: Params, name: str, profile: str | None = None) -> Experiment
             f"params.yaml: {where} uses dataset {merged['dataset']!r} in profile {profile!r}, "
             f"but data.datasets.{profile} does not list it; add it there."
         )
+    sections = {
+        "model": section("model", method.model_config),
+        "train": section("train", engine.train_config),
+        "eval": section("eval", engine.eval_config),
+        "resources": Resources.model_validate(merged["resources"]),
+    }
     return Experiment(
         name=name,
         profile=profile,
@@ -253,11 +260,10 @@ def resolve(params: Params, name: str, profile: str | None = None) -> Experiment
         kind=method.kind,
         dataset=merged["dataset"],
         group=merged["group"],
-        model=section("model", method.model_config),
-        train=section("train", engine.train_config),
-        eval=section("eval", engine.eval_config),
-        resources=Resources.model_validate(merged["resources"]),
-        section=merged,
+        **sections,
+        # What was validated, not what was written: `lr: 1` and `lr: 1.0`, or a default
+        # spelled out, are one experiment with one fingerprint (its checkpoint resumes).
+        section={**merged, **{key: value.model_dump() for key, value in sections.items()}},
     )
 
 

@@ -46,8 +46,10 @@ LOCK = load_lock()
 
 
 def resources_of(stage):
+    """The experiment's `resources`; `threads` is Snakemake's own keyword, and each stage
+    sets torch's threads to it whoever starts it (hypermeta.engine.device.fix_numerics)."""
     if stage.experiment is None:
-        return {"mem_mb": 2000, "runtime": 30, "gpu": 0}
+        return {"mem_mb": 2000, "runtime": 30, "gpu": 0, "threads": 1}
     return resolve(PARAMS, stage.experiment).resources.model_dump()
 
 
@@ -68,8 +70,8 @@ for stage in STAGES:
         output:
             [directory(out) if is_directory(out) else out for out in stage.outs],
         resources:
-            **resources_of(stage),
-        threads: 1  # many short jobs: two at once beat one with two threads
+            **{k: v for k, v in resources_of(stage).items() if k != "threads"},
+        threads: resources_of(stage)["threads"]
         params:
             # bound now: Snakemake evaluates `shell:` at job time, after the loop has moved on
             cmd=stage.cmd,

@@ -33,6 +33,9 @@ class Resources(StrictModel):
     gpu: int = Field(0, ge=0, description="GPUs a cluster job asks for")
     mem_mb: int = Field(4000, gt=0)
     runtime: int = Field(60, gt=0, description="minutes")
+    threads: int = Field(
+        1, gt=0, description="CPU threads of each of its stages (torch's intra-op threads)"
+    )
 
 
 class SplitConfig(StrictModel):

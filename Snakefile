@@ -4,12 +4,16 @@
 #   snakemake --cores all                         # the active profile in params.yaml
 #   snakemake --cores all --config profile=paper  # switch profile (edits params.yaml, as dvc exp run -S does)
 #   snakemake --profile profiles/slurm            # on a SLURM cluster
+# A dry run (-n) changes no file a user versions: it plans with the profile asked for
+# and writes what would change under .snakemake/hypermeta-dry-run (hypermeta.dag).
 import os
+import shutil
 
 import yaml
 
 from hypermeta.config import load_params, resolve, set_profile
 from hypermeta.dag import (
+    DRY_RUN_DIR,
     SOURCES_STAGE,
     commit,
     commit_finished,
@@ -22,23 +26,30 @@ from hypermeta.dag import (
 )
 from hypermeta.sources import write_fingerprints
 
-if "profile" in config:
+DRY_RUN = workflow.output_settings.dryrun
+shutil.rmtree(DRY_RUN_DIR, ignore_errors=True)
+if "profile" in config and not DRY_RUN:
     set_profile("params.yaml", config["profile"])
-PARAMS = load_params("params.yaml")
-RAW_PARAMS = yaml.safe_load(open("params.yaml"))
+PARAMS = load_params("params.yaml", profile=config.get("profile"))
+RAW_PARAMS = {**yaml.safe_load(open("params.yaml")), "profile": PARAMS.profile}
 # dvc.yaml's `sources` stage runs here, as the DAG is built, not as a job: Snakemake reruns
 # every job downstream of a job it reruns, whereas a fingerprint file changes (and so
 # reruns its stages) only when a file that its stages run does. Committed at once (0.6 s):
 # a source edit that changes no fingerprint leaves Snakemake nothing to do, and no end.
-write_fingerprints()
-commit([SOURCES_STAGE])
+# Each stage reads its fingerprint where it was written (under a dry run, not sources/).
+WRITTEN = write_fingerprints(instead=DRY_RUN_DIR / "sources" if DRY_RUN else None)
+FINGERPRINTS = {f"sources/{name}": str(path) for name, path in WRITTEN.items()}
+if not DRY_RUN:
+    commit([SOURCES_STAGE])
 STAGES = [stage for stage in dvc_stages() if stage.name != SOURCES_STAGE]
 LOCK = load_lock()
 
 
 def resources_of(stage):
+    """The experiment's `resources`; `threads` is Snakemake's own keyword, and each stage
+    sets torch's threads to it whoever starts it (hypermeta.engine.device.fix_numerics)."""
     if stage.experiment is None:
-        return {"mem_mb": 2000, "runtime": 30, "gpu": 0}
+        return {"mem_mb": 2000, "runtime": 30, "gpu": 0, "threads": 1}
     return resolve(PARAMS, stage.experiment).resources.model_dump()
 
 
@@ -54,13 +65,13 @@ for stage in STAGES:
         name:
             stage.rule_name
         input:
-            snakemake_inputs(stage, STAGES),
-            params_file(stage, RAW_PARAMS, LOCK),
+            [FINGERPRINTS.get(path, path) for path in snakemake_inputs(stage, STAGES)],
+            params_file(stage, RAW_PARAMS, LOCK, DRY_RUN),
         output:
             [directory(out) if is_directory(out) else out for out in stage.outs],
         resources:
-            **resources_of(stage),
-        threads: 1  # many short jobs: two at once beat one with two threads
+            **{k: v for k, v in resources_of(stage).items() if k != "threads"},
+        threads: resources_of(stage)["threads"]
         params:
             # bound now: Snakemake evaluates `shell:` at job time, after the loop has moved on
             cmd=stage.cmd,

@@ -26,15 +26,19 @@ SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class StrictModel(BaseModel):
-    """A params section: unknown keys are errors, not silently ignored."""
+    """A params section: unknown keys are errors, not silently ignored, and values keep
+    their YAML types (`epochs: "3"` is an error, not 3); an int is still a float."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class Resources(StrictModel):
     gpu: int = Field(0, ge=0, description="GPUs a cluster job asks for")
     mem_mb: int = Field(4000, gt=0)
     runtime: int = Field(60, gt=0, description="minutes")
+    threads: int = Field(
+        1, gt=0, description="CPU threads of each of its stages (torch's intra-op threads)"
+    )
 
 
 class SplitConfig(StrictModel):
@@ -106,7 +110,7 @@ class Experiment:
     train: BaseModel
     eval: BaseModel
     resources: Resources
-    section: dict[str, Any]  # the merged raw section: what is logged and hashed
+    section: dict[str, Any]  # the validated section, defaults filled: logged and hashed
 
     @property
     def params_hash(self) -> str:
@@ -297,6 +301,12 @@ def resolve(params: Params, name: str, profile: str | None = None) -> Experiment
 
     method = get_method(merged["method"], where=f"{where}.method")
     engine = get_engine(method.kind)
+    sections = {
+        "model": section("model", method.model_config),
+        "train": section("train", engine.train_config),
+        "eval": section("eval", engine.eval_config),
+        "resources": Resources.model_validate(merged["resources"]),
+    }
     return Experiment(
         name=name,
         profile=profile,
@@ -304,11 +314,10 @@ def resolve(params: Params, name: str, profile: str | None = None) -> Experiment
         kind=method.kind,
         dataset=merged["dataset"],
         group=merged["group"],
-        model=section("model", method.model_config),
-        train=section("train", engine.train_config),
-        eval=section("eval", engine.eval_config),
-        resources=Resources.model_validate(merged["resources"]),
-        section=merged,
+        **sections,
+        # What was validated, not what was written: `lr: 1` and `lr: 1.0`, or a default
+        # spelled out, are one experiment with one fingerprint (its checkpoint resumes).
+        section={**merged, **{key: value.model_dump() for key, value in sections.items()}},
     )
 
 

@@ -9,7 +9,10 @@ Keeping them in step both ways:
 - Snakemake sees parameter edits through one small JSON file per stage holding the
   stage's params values; it is rewritten when the values change, but dated to the epoch
   when dvc.lock already records these values, i.e. when `dvc repro` has run the stage
-  since (so `snakemake -n` has nothing to do after `dvc repro`).
+  since (so `snakemake -n` has nothing to do after `dvc repro`);
+- a dry run (`snakemake -n`) changes nothing a user versions, nor the per-stage files a
+  real run reads: each file that would change is written under DRY_RUN_DIR instead, and
+  Snakemake plans with that copy.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any
 import yaml
 
 PARAMS_DIR = Path(".snakemake/hypermeta-params")
+DRY_RUN_DIR = Path(".snakemake/hypermeta-dry-run")
 SOURCES_STAGE = "sources"
 
 
@@ -107,13 +111,18 @@ def lookup(params: dict[str, Any], key: str) -> Any:
     return value
 
 
-def params_file(stage: Stage, params: dict[str, Any], lock: dict[str, Any]) -> Path:
-    """The stage's params values as a file whose date tells Snakemake whether they changed."""
+def params_file(
+    stage: Stage, params: dict[str, Any], lock: dict[str, Any], dry_run: bool = False
+) -> Path:
+    """The stage's params values as a file whose date tells Snakemake whether they changed
+    (under a dry run, a changed file is written under DRY_RUN_DIR)."""
     values = {key: lookup(params, key) for key in stage.params}
     path = PARAMS_DIR / f"{stage.rule_name}.json"
     text = json.dumps(values, sort_keys=True, indent=1)
     if path.exists() and path.read_text() == text:
         return path
+    if dry_run:
+        path = DRY_RUN_DIR / path
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     locked = lock.get("stages", {}).get(stage.name, {}).get("params", {}).get("params.yaml")

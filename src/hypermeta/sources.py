@@ -144,22 +144,24 @@ def fingerprints(root: Path = Path(".")) -> dict[str, dict[str, str]]:
     }
 
 
-def write_fingerprints(root: Path = Path(".")) -> list[str]:
+def write_fingerprints(root: Path = Path("."), instead: Path | None = None) -> dict[str, Path]:
     """Write FOLDER's files, each only when its content changes, and delete those of
-    methods that are gone. Returns the names written."""
+    methods that are gone. Returns the files written, by name. With `instead` (a dry run,
+    which must change nothing a user versions) FOLDER is left as it is and each file
+    that would change is written into `instead`."""
     folder = root / FOLDER
-    folder.mkdir(exist_ok=True)
-    written = []
+    written = {}
     wanted = fingerprints(root)
     for name, files in wanted.items():
         path = folder / name
         text = json.dumps(files, indent=1, sort_keys=True) + "\n"
         if not path.exists() or path.read_text() != text:
-            write_text(path, text)
-            written.append(name)
-    for path in folder.iterdir():
-        if path.name not in wanted:
-            path.unlink()
+            written[name] = path if instead is None else instead / name
+            write_text(written[name], text)
+    if instead is None:
+        for path in folder.iterdir():
+            if path.name not in wanted:
+                path.unlink()
     return written
 
 

@@ -15,6 +15,7 @@ from hypermeta import METRICS, MODELS, PLOTS, repo_root
 from hypermeta.atomic import write_json
 from hypermeta.config import Experiment, Params, load_params, params_hash, resolve, split_config
 from hypermeta.engine import StageContext, get_engine
+from hypermeta.engine.device import fix_numerics
 from hypermeta.tracking import Tracker, stage_run
 
 RAW = Path("data/raw")
@@ -44,7 +45,9 @@ def child_run(
 
 
 def stage_context(exp: Experiment, tracker: Tracker) -> StageContext:
-    """Where an experiment's stages read and write, as dvc.yaml declares it."""
+    """Where an experiment's stages read and write, as dvc.yaml declares it; with the
+    threads and kernels their numbers depend on fixed by the experiment."""
+    fix_numerics(exp.resources.threads)
     return StageContext(
         experiment=exp,
         data_dir=PREPARED / exp.dataset,

@@ -129,7 +129,7 @@ def test_slurm_profile_dry_run_asks_for_each_experiments_resources(project):
         wanted = resolve(params, name).resources
         block = output.split(f"rule train__{name}:")[1].split("\n\n")[0]
         line = next(row for row in block.splitlines() if "resources:" in row)
-        for key, value in wanted.model_dump().items():
+        for key, value in wanted.model_dump(exclude={"threads"}).items():  # threads: its own
             assert f"{key}={value}" in line, (name, key, line)
 
 

@@ -55,3 +55,16 @@ def write_prepared(folder: Path, n_train: int = 1024) -> Path:
         {"image_shape": [1, 28, 28], "num_classes": 10, "mean": 0.2, "std": 0.3, "tensor_md5": {}},
     )
     return folder
+
+
+def untimed(history: list[dict]) -> list[dict]:
+    """A training history without its wall-clock numbers: what a resumed run must repeat
+    exactly (every loss, accuracy and learning rate of every row)."""
+    return [
+        {
+            key: value
+            for key, value in row.items()
+            if "seconds" not in key and "per_second" not in key
+        }
+        for row in history
+    ]

@@ -2,7 +2,7 @@ import json
 
 import pytest
 import torch
-from unit.helpers import BASE_PARAMS, load, write_prepared
+from unit.helpers import BASE_PARAMS, load, untimed, write_prepared
 
 from hypermeta.config import resolve
 from hypermeta.engine import StageContext, get_engine
@@ -79,6 +79,7 @@ def test_interrupted_training_resumes_to_the_same_weights(prepared, monkeypatch)
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
     history = json.loads(resumed.history_path.read_text())
     assert [row["epoch"] for row in history] == [1, 2]
+    assert untimed(history) == untimed(json.loads(straight.history_path.read_text()))
 
 
 def test_checkpoint_of_other_parameters_is_not_resumed(tmp_path):

@@ -31,6 +31,11 @@ def test_profile_overrides_are_merged_and_validated(tmp_path):
     ("edits", "expected"),
     [
         ({"experiments__cnn__train__lr": "fast"}, "experiments.cnn.train.lr"),
+        # a quoted number is a string, not silently the number
+        ({"experiments__cnn__train__epochs": "3"}, "experiments.cnn.train.epochs"),
+        ({"experiments__cnn__train__lr": "0.01"}, "experiments.cnn.train.lr"),
+        ({"experiments__cnn__train__amp": "yes"}, "experiments.cnn.train.amp"),
+        ({"experiments__cnn__resources": {"mem_mb": "4000"}}, "experiments.cnn.resources.mem_mb"),
         ({"experiments__cnn__train__epoks": 3}, "experiments.cnn.train.epoks is not a known key"),
         ({"experiments__cnn__model__filters": -1}, "experiments.cnn.model.filters"),
         ({"experiments__cnn__method": "nope"}, "unknown method 'nope'"),
@@ -56,6 +61,23 @@ def test_profile_overrides_are_merged_and_validated(tmp_path):
 def test_bad_params_name_the_key_path(tmp_path, edits, expected):
     with pytest.raises(HypermetaError, match=expected.replace(".", r"\.").replace("(", r"\(")):
         load(tmp_path, changed(**edits))
+
+
+def test_the_fingerprint_is_of_the_validated_values(tmp_path):
+    """An int for a float, or a default written out, is the same experiment: the same
+    params hash, so its checkpoint resumes; YAML's own types are accepted as they are."""
+    base = resolve(load(tmp_path), "cnn")
+    assert isinstance(base.train.lr, float) and base.train.epochs == 2
+    same = [
+        changed(experiments__cnn__train__lr=0.01, experiments__cnn__train__lr_decay=1),
+        changed(experiments__cnn__train__seed=0, experiments__cnn__resources={"gpu": 0}),
+    ]
+    for params in same:
+        assert resolve(load(tmp_path, params), "cnn").params_hash == base.params_hash
+    as_int = resolve(load(tmp_path, changed(experiments__cnn__train__lr_decay=1)), "cnn")
+    assert as_int.train.lr_decay == 1.0 and as_int.section["train"]["lr_decay"] == 1.0
+    other = resolve(load(tmp_path, changed(experiments__cnn__train__epochs=3)), "cnn")
+    assert other.params_hash != base.params_hash
 
 
 def test_a_missing_key_is_named_without_dumping_its_section(tmp_path):

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from tolerance import assert_close_reordered
 from torch import nn
 from torch.func import functional_call
+from unit.helpers import untimed
 
 from hypermeta.continual.regularizer import lookahead_delta, output_regularizer
 from hypermeta.data.continual import TaskSequence, pixel_permutations
@@ -309,6 +310,8 @@ def test_checkpoint_resumes_the_sequence_exactly(tmp_path, method, model, seeds,
         # Same weights and memory (embeddings, stored targets, Fisher, ...), not merely close.
         for name, tensor in before["final_state"].items():
             assert torch.equal(after["final_state"][name], tensor), name
+    # the interrupted task's loss averages all its iterations, not those after the resume
+    assert untimed(resumed["history"]) == untimed(whole["history"])
 
 
 def test_task_correctness_uses_the_given_task_identity():

@@ -9,6 +9,7 @@ import pytest
 import torch
 from tolerance import assert_close_reordered
 from torch import nn
+from unit.helpers import untimed
 
 from hypermeta.config import StrictModel
 from hypermeta.data.text import UNKNOWN, Vocabulary
@@ -320,20 +321,21 @@ def test_resumed_training_matches_uninterrupted_training(tmp_path, device):
     train, val = vocab.encode(text).tokens, vocab.encode(word_salad(100, 3)).tokens
     settings = {"batch_size": 8, "seq_length": 16, "lr": 0.01, "device": device}
 
-    def run(epochs: int, checkpoint: str) -> dict[str, torch.Tensor]:
+    def run(epochs: int, checkpoint: str) -> tuple[dict[str, torch.Tensor], list[dict]]:
         torch.manual_seed(0)
         model = char_model("lnlstm", len(vocab), use_recurrent_dropout=True, dropout=0.2)
         model.to(device)
         cfg = LanguageModelTrain(epochs=epochs, patience=5, **settings)
         history, _ = fit(model, train, val, cfg, Checkpointer(tmp_path / checkpoint, "h"), "t")
         assert len(history) == epochs
-        return model.state_dict()
+        return model.state_dict(), history
 
-    straight = run(2, "straight.pt")
+    straight, straight_history = run(2, "straight.pt")
     run(1, "resumed.pt")
-    resumed = run(2, "resumed.pt")
+    resumed, resumed_history = run(2, "resumed.pt")
     for name, value in straight.items():
         assert torch.equal(value, resumed[name]), name
+    assert untimed(resumed_history) == untimed(straight_history)
 
 
 def test_lm_train_continues_with_more_epochs_and_restarts_on_an_edited_file(tmp_path, capsys):

@@ -61,7 +61,7 @@ def test_fingerprints_change_only_for_the_stages_that_run_an_edited_file(tmp_pat
     for folder in ("src", "pipeline"):
         shutil.copytree(ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("*.pyc"))
     assert len(write_fingerprints(tmp_path)) == len(list((tmp_path / FOLDER).iterdir()))
-    assert write_fingerprints(tmp_path) == []  # unchanged files are not rewritten
+    assert write_fingerprints(tmp_path) == {}  # unchanged files are not rewritten
 
     protonet = tmp_path / "src/hypermeta/methods/protonet.py"
     protonet.write_text(protonet.read_text() + "# an edit\n")
@@ -84,4 +84,10 @@ def test_fingerprints_change_only_for_the_stages_that_run_an_edited_file(tmp_pat
 
     report = tmp_path / "src/hypermeta/report.py"
     report.write_text(report.read_text() + "# an edit\n")
-    assert write_fingerprints(tmp_path) == ["report.json"]
+    before = (tmp_path / FOLDER / "report.json").read_text()
+    # a dry run writes what would change elsewhere and leaves the versioned files alone
+    dry = tmp_path / ".snakemake/dry"
+    assert write_fingerprints(tmp_path, instead=dry) == {"report.json": dry / "report.json"}
+    assert (tmp_path / FOLDER / "report.json").read_text() == before
+    assert write_fingerprints(tmp_path) == {"report.json": tmp_path / FOLDER / "report.json"}
+    assert (tmp_path / FOLDER / "report.json").read_text() == (dry / "report.json").read_text()

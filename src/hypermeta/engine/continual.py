@@ -138,12 +138,14 @@ def train_sequences(
         next_position: tuple[int, int, int],
         learner: ContinualLearner | None,
         optimizer: torch.optim.Optimizer | None,
+        task_sums: dict[str, float] | None = None,
     ) -> None:
         checkpointer.save(
             {
                 "position": next_position,
                 "learner": None if learner is None else learner.state_dict(),
                 "optimizer": None if optimizer is None else optimizer.state_dict(),
+                "task_sums": task_sums,  # within a task: its row averages every iteration
                 "runs": runs,
                 "history": history,
             }
@@ -173,13 +175,15 @@ def train_sequences(
         for task in range(first_task, cfg.num_tasks):
             optimizer = adam(learner.parameters(), cfg.lr)
             first_iteration = position[2] if resuming and task == position[1] else 0
+            sums = {"loss": 0.0, "seconds": 0.0}
             if first_iteration:
                 optimizer.load_state_dict(state["optimizer"])
+                sums = dict(state["task_sums"])
             else:
                 learner.begin_task(task)
             tasks = learner.training_tasks(task)
             per_task_batch = max(1, cfg.batch_size // len(tasks))
-            began, loss_sum = time.perf_counter(), 0.0
+            began = time.perf_counter()
 
             steps = range(first_iteration, cfg.iterations_per_task)
             for iteration in progress(steps, desc=f"{name} seed {seed} task {task + 1}"):
@@ -196,14 +200,15 @@ def train_sequences(
                 loss.backward()
                 optimizer.step()
                 learner.after_step()
-                loss_sum += loss.item()
+                sums["loss"] += loss.item()
                 done = iteration + 1
                 if done < cfg.iterations_per_task and done % cfg.checkpoint_every == 0:
-                    save((seed_index, task, done), learner, optimizer)
+                    sums_now = {**sums, "seconds": sums["seconds"] + time.perf_counter() - began}
+                    save((seed_index, task, done), learner, optimizer, sums_now)
                     if stop_at(seed_index, task, done):
                         raise SequenceInterrupted
             learner.end_task(task, train_data)
-            seconds = time.perf_counter() - began
+            seconds = sums["seconds"] + time.perf_counter() - began
             # Tasks not yet trained are left out: their accuracy is chance and unused.
             correct = [task_correctness(learner, test_data, j, 1000) for j in range(task + 1)]
             row_accuracy = [c.float().mean().item() for c in correct]
@@ -213,7 +218,7 @@ def train_sequences(
                 "step": seed_index * cfg.num_tasks + task + 1,
                 "seed": seed,
                 "task": task + 1,
-                "train_loss": loss_sum / max(1, cfg.iterations_per_task - first_iteration),
+                "train_loss": sums["loss"] / cfg.iterations_per_task,
                 "average_accuracy_so_far": sum(row_accuracy) / (task + 1),
                 "task_seconds": seconds,
             }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterable
 from typing import Literal
 
@@ -24,6 +25,16 @@ def resolve_device(requested: str, where: str = "train.device") -> torch.device:
             "set it to 'auto' or 'cpu', or run on a machine with a GPU."
         )
     return torch.device(requested)
+
+
+def fix_numerics(threads: int) -> None:
+    """Fix what a stage's numbers depend on beyond its inputs, by the experiment rather
+    than by how the stage was started (Snakemake gives each job OMP_NUM_THREADS=threads,
+    `dvc repro` and a hand run leave torch one thread per core): the intra-op thread
+    count, which orders float sums, and deterministic kernels wherever torch has them."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:

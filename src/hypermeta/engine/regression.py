@@ -124,6 +124,7 @@ class RegressionEngine(Engine):
         checkpointer = Checkpointer(ctx.checkpoint_path, exp.params_hash)
         history: list[dict[str, float]] = []
         start = 0
+        window = {"loss": 0.0, "baseline_loss": 0.0, "n": 0}  # sums since the last row
         if state := checkpointer.load():
             learner.load_state_dict(state["model"])
             baseline.load_state_dict(state["baseline"])
@@ -131,12 +132,11 @@ class RegressionEngine(Engine):
             baseline_optimizer.load_state_dict(state["baseline_optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             tasks.set_state(state["task_generator"])
-            history, start = state["history"], state["iteration"]
+            history, start, window = state["history"], state["iteration"], state["window"]
             print(f"[hypermeta] {exp.name}: resuming after iteration {start}")
             for row in history:
                 ctx.tracker.log_metrics(row, step=row["iteration"])
 
-        window = {"loss": 0.0, "baseline_loss": 0.0, "n": 0}
         began = time.perf_counter()
         bar = progress(range(start, cfg.meta_iterations), desc=f"{exp.name} meta-training")
         for iteration in bar:
@@ -181,6 +181,7 @@ class RegressionEngine(Engine):
                         "task_generator": tasks.get_state(),
                         "iteration": done,
                         "history": history,
+                        "window": window,  # a row after a resume averages every iteration
                     }
                 )
         if history:

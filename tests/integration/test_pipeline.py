@@ -6,6 +6,7 @@ The tests share one copy and run in file order, each building on the last."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -263,6 +264,40 @@ def test_dvc_repro_reruns_exactly_the_edited_experiment(project):
     assert ran == {"train@hypercnn", "evaluate@hypercnn", "visualize@hypercnn", "report"}
     assert planned_by_snakemake == rules(ran)
     assert "Nothing to be done" in project.run("snakemake", "-n", "--cores", "2")
+
+
+def digests(root: Path, paths: list[str]) -> dict[str, str]:
+    """md5 of every file under each path (a file or a folder)."""
+    found = {}
+    for path in paths:
+        files = [root / path] if (root / path).is_file() else sorted((root / path).rglob("*"))
+        for file in files:
+            if file.is_file():
+                found[str(file.relative_to(root))] = hashlib.md5(file.read_bytes()).hexdigest()
+    return found
+
+
+def test_checking_out_an_earlier_commit_brings_back_all_its_results(project):
+    """The README's promise: `git checkout <commit> && dvc checkout` brings back any
+    earlier result: models, metrics, plots and the report, with `dvc status` clean."""
+    outputs = ["models/hypercnn", "metrics/hypercnn", "plots/hypercnn", "reports"]
+    project.run("git", "add", "-A")
+    project.run("git", "commit", "-qm", "results, first")
+    first = digests(project.root, outputs)
+    project.edit_params("hypercnn", lr=0.003)
+    project.run(sys.executable, "-m", "dvc", "repro")
+    project.run("git", "add", "-A")
+    project.run("git", "commit", "-qm", "results, second")
+    second = digests(project.root, outputs)
+    changed = {path for path in first if first[path] != second.get(path)}
+    assert {"models/hypercnn/model.pt", "metrics/hypercnn/metrics.json"} <= changed
+    project.run("git", "checkout", "-q", "HEAD~1")
+    project.run(sys.executable, "-m", "dvc", "checkout")
+    assert digests(project.root, outputs) == first
+    assert "Data and pipelines are up to date" in project.run(sys.executable, "-m", "dvc", "status")
+    project.run("git", "checkout", "-q", "-")  # back to the branch, for the tests after
+    project.run(sys.executable, "-m", "dvc", "checkout")
+    assert digests(project.root, outputs) == second
 
 
 def test_killed_training_resumes_and_completes(project):

@@ -16,7 +16,7 @@ from hypermeta.methods.fewshot_base import Episodes
 from hypermeta.methods.maml import GradientMetaLearner
 from hypermeta.plots import register
 from hypermeta.plots.base import Plotter
-from hypermeta.viz import _save, pyplot, save_curves
+from hypermeta.viz import _save, distinct_colours, legend_below, pyplot, save_curves
 
 
 class RegressionPlotter(Plotter):
@@ -32,7 +32,8 @@ class RegressionPlotter(Plotter):
                 {exp.name: history},
                 {"meta-training loss": ["train_loss", "baseline_train_loss"], "MSE": ["val_mse"]},
                 ctx.plots_dir / "curves.png",
-                f"{exp.name}: meta-training (x: iterations)",
+                f"{exp.name}: meta-training",
+                x_label="meta-iterations",
             )
         ]
         tasks, episodes = evaluation_tasks(cfg.n_tasks, max(cfg.shots), cfg.n_query, cfg.seed)
@@ -64,6 +65,7 @@ class RegressionPlotter(Plotter):
         figure, axes = pyplot().subplots(
             1, len(shots), figsize=(5 * len(shots), 3.8), squeeze=False
         )
+        colours = dict(zip(records, distinct_colours(len(records)), strict=True))
         for ax, k in zip(axes[0], shots, strict=True):
             for name, record in records.items():
                 for prefix, style in (("", "-"), ("baseline_", "--")):
@@ -75,14 +77,29 @@ class RegressionPlotter(Plotter):
                     if points:
                         xs, ys = zip(*points, strict=True)
                         label = f"{name} pretrained baseline" if prefix else name
-                        ax.plot(xs, ys, style, marker="o", label=label)
+                        ax.plot(xs, ys, style, color=colours[name], marker="o", label=label)
             ax.set_title(f"K = {k}")
             ax.set_xlabel("gradient steps at meta-test")
-            ax.set_ylabel("MSE")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
+            # a diverging learner's MSE spans many decades: a log axis keeps the rest readable
+            ax.set_yscale("log")
+            ax.set_ylabel("MSE (log scale)")
+            ax.grid(alpha=0.3, which="both")
+            legend_below(ax)
         figure.suptitle(title)
         return [_save(figure, out_dir / "sine_mse_by_steps.png")]
+
+
+DIVERGED = 10.0  # a curve reaching this many axis heights beyond the axis is called diverged
+
+
+def off_axis_note(curve: torch.Tensor, low: float, high: float) -> str:
+    """What the legend says of a prediction the clipped y axis does not show in full."""
+    if not curve.isfinite().all():
+        return " — diverged (not finite, off the axis)"
+    beyond = torch.maximum(low - curve, curve - high).max().item()
+    if beyond > DIVERGED * (high - low):
+        return f" — diverged (reaches {curve[curve.abs().argmax()].item():.3g}, off the axis)"
+    return " (partly off the axis)" if beyond > 0 else ""
 
 
 def figure_two(
@@ -94,16 +111,27 @@ def figure_two(
     title: str,
 ) -> Path:
     """One panel per model: the true sine, the K support points, and the prediction on a
-    dense grid after each number of gradient steps."""
+    dense grid after each number of gradient steps. The y axis spans the ground truth
+    and the support points: a prediction that leaves it is clipped and said to be."""
     grid = torch.linspace(-5, 5, 200).view(1, -1, 1)
+    truth = task(grid).flatten()
     first = Episodes(episodes.support_x[:1], episodes.support_y[:1], grid, task(grid), 0)
+    shown = torch.cat([truth, first.support_y.flatten()])
+    margin = 0.25 * (shown.max() - shown.min()).item()
+    low, high = shown.min().item() - margin, shown.max().item() + margin
     figure, axes = pyplot().subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
     for ax, (name, model) in zip(axes[0], models.items(), strict=True):
         with torch.no_grad():
             curves = model.query_predictions(first, max(steps), tuple(steps))[:, 0]
-        ax.plot(grid.flatten(), task(grid).flatten(), color="black", lw=2, label="ground truth")
+        ax.plot(grid.flatten(), truth, color="black", lw=2, label="ground truth")
         for s, curve in zip(steps, curves, strict=True):
-            ax.plot(grid.flatten(), curve.flatten(), ls="--", label=f"after {s} steps")
+            note = off_axis_note(curve.flatten(), low, high)
+            ax.plot(
+                grid.flatten(),
+                curve.flatten().clamp(2 * low - high, 2 * high - low),  # no inf for the renderer
+                ls=":" if note.startswith(" —") else "--",
+                label=f"after {s} steps{note}",
+            )
         ax.scatter(
             first.support_x.flatten(),
             first.support_y.flatten(),
@@ -113,9 +141,10 @@ def figure_two(
             zorder=3,
             label="support points",
         )
+        ax.set_ylim(low, high)
         ax.set_title(name)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        legend_below(ax)
     figure.suptitle(title)
     return _save(figure, path)
 

@@ -19,12 +19,14 @@ def test_kernel_grid_places_each_filter_at_its_output_row_and_input_column():
 
 def test_a_prediction_off_the_clipped_axis_is_named_in_the_legend():
     inside = torch.tensor([-4.0, 0.0, 4.0])
-    assert off_axis_note(inside, -5.0, 5.0) == ""
-    assert off_axis_note(torch.tensor([0.0, 6.0]), -5.0, 5.0) == " (partly off the axis)"
+    assert off_axis_note(inside, -5.0, 5.0) == ("", False)
+    assert off_axis_note(torch.tensor([0.0, 6.0]), -5.0, 5.0) == (" (partly off the axis)", False)
     assert off_axis_note(torch.tensor([0.0, -3e11]), -5.0, 5.0) == (
-        " — diverged (reaches -3e+11, off the axis)"
+        " — diverged (reaches -3e+11, off the axis)",
+        True,
     )
-    assert "not finite" in off_axis_note(torch.tensor([0.0, float("nan")]), -5.0, 5.0)
+    note, diverged = off_axis_note(torch.tensor([0.0, float("nan")]), -5.0, 5.0)
+    assert diverged and "not finite" in note
 
 
 def test_curves_of_many_models_get_distinct_colours():

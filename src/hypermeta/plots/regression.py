@@ -92,14 +92,15 @@ class RegressionPlotter(Plotter):
 DIVERGED = 10.0  # a curve reaching this many axis heights beyond the axis is called diverged
 
 
-def off_axis_note(curve: torch.Tensor, low: float, high: float) -> str:
-    """What the legend says of a prediction the clipped y axis does not show in full."""
+def off_axis_note(curve: torch.Tensor, low: float, high: float) -> tuple[str, bool]:
+    """What the legend says of a prediction the clipped y axis does not show in full, and
+    whether the prediction diverged."""
     if not curve.isfinite().all():
-        return " — diverged (not finite, off the axis)"
+        return " — diverged (not finite, off the axis)", True
     beyond = torch.maximum(low - curve, curve - high).max().item()
     if beyond > DIVERGED * (high - low):
-        return f" — diverged (reaches {curve[curve.abs().argmax()].item():.3g}, off the axis)"
-    return " (partly off the axis)" if beyond > 0 else ""
+        return f" — diverged (reaches {curve[curve.abs().argmax()].item():.3g}, off the axis)", True
+    return (" (partly off the axis)" if beyond > 0 else ""), False
 
 
 def figure_two(
@@ -125,11 +126,14 @@ def figure_two(
             curves = model.query_predictions(first, max(steps), tuple(steps))[:, 0]
         ax.plot(grid.flatten(), truth, color="black", lw=2, label="ground truth")
         for s, curve in zip(steps, curves, strict=True):
-            note = off_axis_note(curve.flatten(), low, high)
+            values = curve.flatten()
+            note, diverged = off_axis_note(values, low, high)
+            if diverged:  # only its points on the axis: its jumps would draw walls across it
+                values = values.where((values >= low) & (values <= high), torch.nan)
             ax.plot(
                 grid.flatten(),
-                curve.flatten().clamp(2 * low - high, 2 * high - low),  # no inf for the renderer
-                ls=":" if note.startswith(" —") else "--",
+                values,
+                ls=":" if diverged else "--",
                 label=f"after {s} steps{note}",
             )
         ax.scatter(

@@ -115,10 +115,17 @@ def _markdown_table(header: list[str], rows: list[tuple[str, ...]]) -> str:
     return "\n".join(lines)
 
 
+def _unbroken_interval(cell: str) -> str:
+    """A value may wrap before its interval, never inside it or around its ±."""
+    cell = re.sub(r"\[[^]]*\]", lambda found: found.group().replace(" ", "\u00a0"), cell)
+    return cell.replace(" ± ", "\u00a0±\u00a0")
+
+
 def _html_table(header: list[str], rows: list[tuple[str, ...]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+        "<tr>" + "".join(f"<td>{html.escape(_unbroken_interval(c))}</td>" for c in row) + "</tr>"
+        for row in rows
     )
     return f"<table><tr>{head}</tr>{body}</table>"
 
@@ -190,9 +197,10 @@ def write_report(params: Params, staging: Path) -> None:
             md += [f"![{exp.name} {png.stem}](figures/{target.name})", ""]
             body.append(_embedded(target))
         for text_file in sorted((PLOTS / exp.name).glob("*.txt")):
-            md += [f"**{text_file.stem}**", "", "```", text_file.read_text().rstrip(), "```", ""]
+            heading = text_file.stem.replace("_", " ")
+            md += [f"**{heading}**", "", "```", text_file.read_text().rstrip(), "```", ""]
             body.append(
-                f"<h3>{html.escape(text_file.stem)}</h3><pre>{html.escape(text_file.read_text())}</pre>"
+                f"<h3>{html.escape(heading)}</h3><pre>{html.escape(text_file.read_text())}</pre>"
             )
         manifest = PREPARED / exp.dataset / "manifest.json"
         data_md5 = json.loads(manifest.read_text())["tensor_md5"] if manifest.exists() else {}
@@ -241,7 +249,7 @@ def write_report(params: Params, staging: Path) -> None:
     style = (
         "body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em}"
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
-        "text-align:left;overflow-wrap:anywhere}img{max-width:100%;display:block;margin:1em 0}"
+        "text-align:left;overflow-wrap:break-word}img{max-width:100%;display:block;margin:1em 0}"
         # long lines (alphabet lists, text samples) wrap instead of widening the page
         "pre{white-space:pre-wrap;overflow-wrap:anywhere;background:#f6f6f6;padding:.5em}"
     )

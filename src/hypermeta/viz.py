@@ -75,14 +75,16 @@ def distinct_colours(count: int) -> list[tuple[float, ...]]:
     return [pyplot().get_cmap("hsv")(i / count) for i in range(count)]
 
 
-def legend_below(ax: Axes, columns: int = 2) -> None:
-    """The legend under the axes, so it never hides a curve however many there are."""
+def legend_below(ax: Axes) -> None:
+    """The legend under the axes, so it never hides a curve however many there are; two
+    columns while the labels are short enough to stay within the panel's width."""
     handles, labels = ax.get_legend_handles_labels()
     if handles:
+        columns = 2 if len(handles) > 1 and max(map(len, labels)) <= 32 else 1
         ax.legend(
             loc="upper center",
             bbox_to_anchor=(0.5, -0.16),
-            ncol=min(columns, len(handles)),
+            ncol=columns,
             fontsize=7,
             frameon=False,
         )

@@ -16,7 +16,7 @@ from hypermeta.methods.fewshot_base import Episodes
 from hypermeta.methods.maml import GradientMetaLearner
 from hypermeta.plots import register
 from hypermeta.plots.base import Plotter
-from hypermeta.viz import _save, distinct_colours, legend_below, pyplot, save_curves
+from hypermeta.viz import MARKERS, _save, distinct_colours, legend_below, pyplot, save_curves
 
 
 class RegressionPlotter(Plotter):
@@ -59,13 +59,17 @@ class RegressionPlotter(Plotter):
             for ctx in contexts
             if (ctx.metrics_dir / "metrics.json").exists()
         }
+        steps = {ctx.experiment.name: sorted(ctx.experiment.eval.steps) for ctx in contexts}
         if not records:
             return []
         shots = sorted({k for ctx in contexts for k in ctx.experiment.eval.shots})
+        from matplotlib.ticker import FuncFormatter  # here: matplotlib loads only to draw
+
         figure, axes = pyplot().subplots(
             1, len(shots), figsize=(5 * len(shots), 3.8), squeeze=False
         )
         colours = dict(zip(records, distinct_colours(len(records)), strict=True))
+        markers = {name: MARKERS[i % len(MARKERS)] for i, name in enumerate(records)}
         for ax, k in zip(axes[0], shots, strict=True):
             for name, record in records.items():
                 for prefix, style in (("", "-"), ("baseline_", "--")):
@@ -77,11 +81,18 @@ class RegressionPlotter(Plotter):
                     if points:
                         xs, ys = zip(*points, strict=True)
                         label = f"{name} pretrained baseline" if prefix else name
-                        ax.plot(xs, ys, style, color=colours[name], marker="o", label=label)
+                        # evaluate keeps finite MSEs only: a missing step diverged
+                        lost = [str(s) for s in steps[name] if s not in xs]
+                        if lost:
+                            label += f" (diverged after {', '.join(lost)} steps: MSE not finite)"
+                        colour, marker = colours[name], markers[name]
+                        ax.plot(xs, ys, style, color=colour, marker=marker, label=label)
             ax.set_title(f"K = {k}")
             ax.set_xlabel("gradient steps at meta-test")
             # a diverging learner's MSE spans many decades: a log axis keeps the rest readable
             ax.set_yscale("log")
+            for axis_ticks in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+                axis_ticks(FuncFormatter(lambda value, _: f"{value:g}"))  # 0.5, not 5×10⁻¹
             ax.set_ylabel("MSE (log scale)")
             ax.grid(alpha=0.3, which="both")
             legend_below(ax)
@@ -118,7 +129,7 @@ def figure_two(
     truth = task(grid).flatten()
     first = Episodes(episodes.support_x[:1], episodes.support_y[:1], grid, task(grid), 0)
     shown = torch.cat([truth, first.support_y.flatten()])
-    margin = 0.25 * (shown.max() - shown.min()).item()
+    margin = 0.5 * (shown.max() - shown.min()).item()  # room for a fair miss, not a divergence
     low, high = shown.min().item() - margin, shown.max().item() + margin
     figure, axes = pyplot().subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
     for ax, (name, model) in zip(axes[0], models.items(), strict=True):

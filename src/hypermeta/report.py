@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,11 @@ PERCENT_WORDS = ("accuracy", "error", "bwt", "transfer")
 
 def _is_percent(metric: str) -> bool:
     return any(word in metric for word in PERCENT_WORDS)
+
+
+def natural_key(name: str) -> list[str | int]:
+    """Sort key reading each run of digits as a number: task_2 before task_10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def format_value(metric: str, value: float) -> str:
@@ -56,6 +62,7 @@ def result_rows(
         for k, v in metrics.items()
         if isinstance(v, int | float) and not isinstance(v, bool) and not k.endswith(CI_SUFFIXES)
     ]
+    numeric.sort(key=natural_key)
     ordered = [m for m in by_metric if m in metrics] + [m for m in numeric if m not in by_metric]
     rows = []
     for metric in ordered:
@@ -134,10 +141,17 @@ def _markdown_table(header: list[str], rows: list[tuple[str, ...]]) -> str:
     return "\n".join(lines)
 
 
+def _unbroken_interval(cell: str) -> str:
+    """A value may wrap before its interval, never inside it or around its ±."""
+    cell = re.sub(r"\[[^]]*\]", lambda found: found.group().replace(" ", "\u00a0"), cell)
+    return cell.replace(" ± ", "\u00a0±\u00a0")
+
+
 def _html_table(header: list[str], rows: list[tuple[str, ...]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+        "<tr>" + "".join(f"<td>{html.escape(_unbroken_interval(c))}</td>" for c in row) + "</tr>"
+        for row in rows
     )
     return f"<table><tr>{head}</tr>{body}</table>"
 
@@ -214,9 +228,10 @@ def write_report(params: Params, staging: Path) -> None:
             md += [f"![{exp.name} {png.stem}](figures/{target.name})", ""]
             body.append(_embedded(target))
         for text_file in sorted((PLOTS / exp.name).glob("*.txt")):
-            md += [f"**{text_file.stem}**", "", "```", text_file.read_text().rstrip(), "```", ""]
+            heading = text_file.stem.replace("_", " ")
+            md += [f"**{heading}**", "", "```", text_file.read_text().rstrip(), "```", ""]
             body.append(
-                f"<h3>{html.escape(text_file.stem)}</h3><pre>{html.escape(text_file.read_text())}</pre>"
+                f"<h3>{html.escape(heading)}</h3><pre>{html.escape(text_file.read_text())}</pre>"
             )
         data_md5 = manifests[exp.name]["tensor_md5"] if manifests[exp.name] else {}
         provenance.append(
@@ -264,7 +279,9 @@ def write_report(params: Params, staging: Path) -> None:
     style = (
         "body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em}"
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
-        "text-align:left}img{max-width:100%;display:block;margin:1em 0}"
+        "text-align:left;overflow-wrap:break-word}img{max-width:100%;display:block;margin:1em 0}"
+        # long lines (alphabet lists, text samples) wrap instead of widening the page
+        "pre{white-space:pre-wrap;overflow-wrap:anywhere;background:#f6f6f6;padding:.5em}"
     )
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>hypermeta report</title>"

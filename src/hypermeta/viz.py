@@ -12,6 +12,7 @@ import torch
 from hypermeta.atomic import atomic_path
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 
@@ -60,27 +61,67 @@ def save_filters(kernels: dict[str, torch.Tensor], path: Path, title: str) -> Pa
     return _save(figure, path)
 
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def distinct_colours(count: int) -> list[tuple[float, ...]]:
+    """`count` colours that stay apart: tab10 up to 10, tab20 up to 20, then a full
+    colour wheel (markers tell neighbours apart there)."""
+    if count <= 10:
+        return [pyplot().get_cmap("tab10")(i) for i in range(count)]
+    if count <= 20:
+        return [pyplot().get_cmap("tab20")(i) for i in range(count)]
+    return [pyplot().get_cmap("hsv")(i / count) for i in range(count)]
+
+
+def legend_below(ax: Axes) -> None:
+    """The legend under the axes, so it never hides a curve however many there are; two
+    columns while the labels are short enough to stay within the panel's width."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        columns = 2 if len(handles) > 1 and max(map(len, labels)) <= 32 else 1
+        ax.legend(
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.16),
+            ncol=columns,
+            fontsize=7,
+            frameon=False,
+        )
+
+
 def save_curves(
     histories: dict[str, list[dict]],
     panels: dict[str, list[str]],
     path: Path,
     title: str,
     x_key: str = "epoch",
+    x_label: str | None = None,
 ) -> Path:
     """One panel per entry of `panels` (title → history keys), a line per model × key,
-    against the history key `x_key` (epochs, or meta-iterations for few-shot)."""
+    against the history key `x_key` (epochs, or meta-iterations for few-shot): one
+    colour and marker per model, one line style per key, the legend under each panel."""
     figure, axes = pyplot().subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
+    colours = distinct_colours(len(histories))
     for ax, (panel, keys) in zip(axes[0], panels.items(), strict=True):
-        for name, history in histories.items():
-            for key in keys:
+        for index, (name, history) in enumerate(histories.items()):
+            for number, key in enumerate(keys):
                 points = [(row[x_key], row[key]) for row in history if key in row]
                 if points:
                     xs, ys = zip(*points, strict=True)
-                    ax.plot(xs, ys, marker="o", ms=3, label=f"{name} {key}")
+                    ax.plot(
+                        xs,
+                        ys,
+                        color=colours[index],
+                        ls=LINE_STYLES[number % len(LINE_STYLES)],
+                        marker=MARKERS[index % len(MARKERS)],
+                        ms=3,
+                        label=f"{name} {key}",
+                    )
         ax.set_title(panel)
-        ax.set_xlabel(x_key.replace("_", " "))
+        ax.set_xlabel(x_label or x_key.replace("_", " "))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        legend_below(ax)
     figure.suptitle(title)
     return _save(figure, path)
 

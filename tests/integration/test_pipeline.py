@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from browser import render
 from conftest import MIRROR, ROOT
 
 from hypermeta.config import load_params, resolve
@@ -151,6 +152,9 @@ def test_quick_pipeline_end_to_end_with_snakemake(project):
     page = (root / "reports" / "index.html").read_text()
     assert page.count("data:image/png;base64,") >= 4 and "0.72%" in page
     assert "hypernet_mnist" in report
+    shown = render(root / "reports" / "index.html")  # what a reader sees, in a browser
+    assert shown["images"] == page.count("data:image/png;base64,") and not shown["broken"], shown
+    assert shown["scroll_width"] <= shown["inner_width"] and not shown["too_wide"], shown
 
 
 def check_quick_results(root: Path) -> None:

@@ -1,4 +1,5 @@
 import copy
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -183,3 +184,25 @@ def test_continual_group_is_one_side_by_side_table_in_the_report(tmp_path, monke
     ]
     assert "\n".join(table) in section
     assert "the baselines among their task heads" in section
+
+
+def test_metric_rows_sort_numbers_as_numbers():
+    metrics = {f"cl1_average_accuracy_after_task_{i}": 0.9 for i in (1, 10, 2, 3)}
+    metrics |= {"mse_k10": 0.5, "mse_k5": 0.7}
+    assert [row[0] for row in result_rows(metrics, [], "mnist")] == [
+        "cl1_average_accuracy_after_task_1",
+        "cl1_average_accuracy_after_task_2",
+        "cl1_average_accuracy_after_task_3",
+        "cl1_average_accuracy_after_task_10",
+        "mse_k5",
+        "mse_k10",
+    ]
+
+
+def test_every_cited_paper_number_names_its_table_or_says_unverified():
+    """The paper column is read as a citation: no internal notes, a table or section."""
+    params = load_params(Path(__file__).parents[2] / "params.yaml")
+    for name, refs in params.references.items():
+        for ref in refs:
+            cited = re.search(r"(Table \d+|§\d)", ref.source)
+            assert cited and ("issue" not in ref.source), (name, ref.source)

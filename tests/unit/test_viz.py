@@ -1,6 +1,7 @@
 import torch
 
-from hypermeta.viz import kernel_grid
+from hypermeta.plots.regression import off_axis_note
+from hypermeta.viz import distinct_colours, kernel_grid
 
 
 def test_kernel_grid_places_each_filter_at_its_output_row_and_input_column():
@@ -14,3 +15,20 @@ def test_kernel_grid_places_each_filter_at_its_output_row_and_input_column():
             tile = grid[top : top + 2, left : left + 2]
             torch.testing.assert_close(tile, kernel[out_channel, in_channel] / scale)
     assert grid[0].abs().sum() == 0 and grid[:, 0].abs().sum() == 0  # gaps stay empty
+
+
+def test_a_prediction_off_the_clipped_axis_is_named_in_the_legend():
+    inside = torch.tensor([-4.0, 0.0, 4.0])
+    assert off_axis_note(inside, -5.0, 5.0) == ("", False)
+    assert off_axis_note(torch.tensor([0.0, 6.0]), -5.0, 5.0) == (" (partly off the axis)", False)
+    assert off_axis_note(torch.tensor([0.0, -3e11]), -5.0, 5.0) == (
+        " — diverged (reaches -3e+11, off the axis)",
+        True,
+    )
+    note, diverged = off_axis_note(torch.tensor([0.0, float("nan")]), -5.0, 5.0)
+    assert diverged and "not finite" in note
+
+
+def test_curves_of_many_models_get_distinct_colours():
+    for count in (3, 12, 25):
+        assert len(set(distinct_colours(count))) == count

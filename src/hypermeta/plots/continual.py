@@ -11,7 +11,7 @@ from hypermeta.engine.base import StageContext
 from hypermeta.engine.continual import accuracy_as_tasks_arrive, load_trained, mean_matrix
 from hypermeta.plots import register
 from hypermeta.plots.base import Plotter
-from hypermeta.viz import _save, pyplot
+from hypermeta.viz import MARKERS, _save, distinct_colours, legend_below, pyplot
 
 
 def save_accuracy_matrix(matrix: torch.Tensor, path: Path, title: str) -> Path:
@@ -38,12 +38,20 @@ def save_accuracy_matrix(matrix: torch.Tensor, path: Path, title: str) -> Path:
 def save_accuracy_as_tasks_arrive(curves: dict[str, list[float]], path: Path, title: str) -> Path:
     """One line per experiment: mean accuracy over the tasks seen so far, after each task."""
     figure, ax = pyplot().subplots(figsize=(6, 4))
-    for name, values in curves.items():
-        ax.plot(range(1, len(values) + 1), [100 * v for v in values], marker="o", ms=3, label=name)
+    colours = distinct_colours(len(curves))
+    for index, (name, values) in enumerate(curves.items()):
+        ax.plot(
+            range(1, len(values) + 1),
+            [100 * v for v in values],
+            color=colours[index],
+            marker=MARKERS[index % len(MARKERS)],
+            ms=4,
+            label=name,
+        )
     ax.set_xlabel("tasks learned")
     ax.set_ylabel("average accuracy on tasks so far (%, task id given)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    legend_below(ax)
     ax.set_title(title)
     return _save(figure, path)
 

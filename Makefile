@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export HYPERMETA_DATA_MIRROR ?= $(wildcard $(abspath ../shared/data))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help install quick paper test test-fast lint format bench ui clean
+.PHONY: help install browser quick paper test test-fast lint format bench ui clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -25,11 +25,18 @@ quick: install ## run the whole pipeline on the quick profile (minutes, CPU)
 paper: install ## run the whole pipeline on the paper profile (one GPU, hours)
 	snakemake --cores all --config profile=paper
 
-test: install ## run the test suite (unit + integration with real snakemake/dvc/mlflow)
+test: install browser ## run the test suite (unit + integration with real snakemake/dvc/mlflow)
 	$(PY) -m pytest
 
-test-fast: install ## unit tests only, no pipeline run (minutes)
+test-fast: install browser ## unit tests only, no pipeline run (minutes)
 	$(PY) -m pytest -m "not integration"
+
+# The report test opens reports/index.html in headless Chromium: installed here when
+# missing and this is root (as on CI); otherwise one sentence says how.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	  apt-get install -y -qq --no-install-recommends chromium >/dev/null; } || \
+	  { echo "make: chromium is missing; install it: sudo apt-get install chromium"; exit 1; }
 
 lint: install ## ruff lint and format check
 	ruff check . && ruff format --check .

@@ -99,9 +99,13 @@ def run_job(root: Path, stage: str, experiment: str, env: dict[str, str]) -> flo
 
 IN_PROCESS = """
 import json, shutil, sys, time
+import importlib
 import torch
 torch.set_num_threads(1)
-from hypermeta import stages
+from hypermeta import cli
+def function(stage):  # where the stage's function lives (all in hypermeta.stages, before)
+    module = cli.STAGES[stage] if isinstance(cli.STAGES, dict) else "hypermeta.stages"
+    return getattr(importlib.import_module(module), stage)
 rounds, experiments, names = int(sys.argv[1]), sys.argv[2].split(","), sys.argv[3:]
 times = {e: {stage: [] for stage in names} for e in experiments}
 for _ in range(rounds):
@@ -110,7 +114,7 @@ for _ in range(rounds):
             if stage == "train":
                 shutil.rmtree(f"models/{experiment}", ignore_errors=True)
             began = time.perf_counter()
-            getattr(stages, stage)(experiment)
+            function(stage)(experiment)
             times[experiment][stage].append(time.perf_counter() - began)
 print(json.dumps(times))
 """

@@ -10,6 +10,8 @@ from tqdm import tqdm
 
 
 def progress(iterable: Iterable | None = None, **kwargs: Any) -> tqdm:
+    """A bar; set its postfix with `refresh=False`: a forced refresh prints a log line with
+    the count as of the last regular refresh (0 for the first 30 s in a log)."""
     interactive = sys.stderr.isatty()
     kwargs.setdefault("mininterval", 0.2 if interactive else 30.0)
     kwargs.setdefault("leave", False)

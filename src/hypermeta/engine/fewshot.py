@@ -229,7 +229,7 @@ class FewShotEngine(Engine):
             window, window_steps = {}, 0
             history.append(row)
             ctx.tracker.log_metrics(row, step=done)
-            bar.set_postfix(val_accuracy=f"{val_mean:.3f}")
+            bar.set_postfix(val_accuracy=f"{val_mean:.3f}", refresh=False)
             print(
                 f"[hypermeta] {exp.name} {done}/{cfg.iterations}: train loss "
                 f"{row.get('train_loss', float('nan')):.4f}, val accuracy {val_mean:.4f}"

@@ -232,6 +232,7 @@ def fit(
             bar.set_postfix(
                 bpc=f"{running['bits'] / running['tokens']:.3f}",
                 tok_s=f"{running['tokens'] / running['seconds']:.0f}",
+                refresh=False,  # shown at the bar's next refresh, with its count
             )
             if (window + 1) % cfg.checkpoint_every == 0 and window + 1 < len(windows):
                 checkpoint(epoch, window + 1, state)

@@ -168,7 +168,9 @@ class RegressionEngine(Engine):
                 }
                 history.append(row)
                 ctx.tracker.log_metrics(row, step=done)
-                bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_mse=f"{val_mse:.3f}")
+                bar.set_postfix(
+                    loss=f"{row['train_loss']:.3f}", val_mse=f"{val_mse:.3f}", refresh=False
+                )
                 window = {"loss": 0.0, "baseline_loss": 0.0, "n": 0}
             if done % cfg.checkpoint_every == 0 or done == cfg.meta_iterations:
                 checkpointer.save(

@@ -41,18 +41,21 @@ def test_steps_equal_torchs_fused_adam_bit_for_bit_and_resume_from_its_state():
     assert all(p.grad is None for p in ours.parameters())
 
 
-def test_a_training_step_does_not_import_torch_dynamo():
-    """torch.optim's compile hooks import torch._dynamo on first use: 0.85 s of a job."""
+def test_a_training_step_does_not_import_torch_dynamo_or_inductor():
+    """torch.optim's compile hooks import torch._dynamo on first use (0.85 s of a job),
+    torch.use_deterministic_algorithms torch._inductor's config (1 s)."""
     script = (
         "import sys, torch\n"
-        "from hypermeta.engine.device import adam\n"
+        "from hypermeta.engine.device import adam, fix_numerics\n"
+        "fix_numerics(1)\n"
+        "assert torch.are_deterministic_algorithms_enabled()\n"
         "model = torch.nn.Linear(3, 2)\n"
         "optimizer = adam(model.parameters(), lr=0.1)\n"
         "schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.5 ** i)\n"
         "model(torch.randn(4, 3)).sum().backward()\n"
         "optimizer.step(); schedule.step(); optimizer.zero_grad()\n"
         "optimizer.load_state_dict(optimizer.state_dict())\n"
-        "print('torch._dynamo' in sys.modules)\n"
+        "print(any(m.startswith(('torch._dynamo', 'torch._inductor')) for m in sys.modules))\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -34,7 +34,9 @@ def fix_numerics(threads: int) -> None:
     count, which orders float sums, and deterministic kernels wherever torch has them."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
     torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    # torch.use_deterministic_algorithms' own switch: the public function also imports
+    # torch._inductor's config to pass the flag to a compiler never run here (1 s a job)
+    torch._C._set_deterministic_algorithms(True, warn_only=True)
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:

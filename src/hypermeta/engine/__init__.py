@@ -4,31 +4,17 @@ Each module here registers an `Engine`; importing the package imports them all."
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 from hypermeta.engine.base import Engine, StageContext
-from hypermeta.errors import HypermetaError
+from hypermeta.registry import Registry, import_modules
 
-ENGINES: dict[str, Engine] = {}
-
-
-def register(engine: Engine) -> Engine:
-    if engine.kind in ENGINES:
-        raise ValueError(f"engine kind {engine.kind!r} registered twice")
-    ENGINES[engine.kind] = engine
-    return engine
+ENGINES: Registry[Engine] = Registry("engine kind", lambda engine: engine.kind)
+register = ENGINES.register
 
 
 def get_engine(kind: str) -> Engine:
-    if kind not in ENGINES:
-        raise HypermetaError(f"no engine for kind {kind!r}; known kinds are {sorted(ENGINES)}.")
-    return ENGINES[kind]
+    return ENGINES.lookup(kind)
 
 
-_SUPPORT = {"base", "checkpoint", "device"}
-for _module in pkgutil.iter_modules(__path__):
-    if _module.name not in _SUPPORT:
-        importlib.import_module(f"{__name__}.{_module.name}")
+import_modules(__name__, __path__, skip={"base", "checkpoint", "device"})
 
 __all__ = ["ENGINES", "Engine", "StageContext", "get_engine", "register"]

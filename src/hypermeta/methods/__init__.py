@@ -3,22 +3,18 @@ this package imports them all, so adding a method is adding a file."""
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 import sys
 
-from hypermeta.errors import HypermetaError
 from hypermeta.methods.base import MethodSpec
+from hypermeta.registry import Registry, import_modules
 
-METHODS: dict[str, MethodSpec] = {}
+METHODS: Registry[MethodSpec] = Registry("method", lambda spec: spec.name)
 # method name → the module whose import registered it: what its stages run (hypermeta.sources)
 MODULES: dict[str, str] = {}
 
 
 def register(spec: MethodSpec) -> MethodSpec:
-    if spec.name in METHODS:
-        raise ValueError(f"method {spec.name!r} registered twice")
-    METHODS[spec.name] = spec
+    METHODS.register(spec)
     MODULES[spec.name] = _module_being_imported()
     return spec
 
@@ -33,13 +29,7 @@ def _module_being_imported() -> str:
 
 
 def get_method(name: str, where: str = "method") -> MethodSpec:
-    if name not in METHODS:
-        raise HypermetaError(
-            f"params.yaml: {where}: unknown method {name!r}; known methods are {sorted(METHODS)}."
-        )
-    return METHODS[name]
+    return METHODS.lookup(name, f"params.yaml: {where}: ")
 
 
-for _module in pkgutil.iter_modules(__path__):
-    if _module.name != "base":
-        importlib.import_module(f"{__name__}.{_module.name}")
+import_modules(__name__, __path__, skip={"base"})

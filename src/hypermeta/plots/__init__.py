@@ -7,29 +7,19 @@ and an edit to a plot reruns only the visualisations and the report."""
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from pathlib import Path
 
 from hypermeta.config import load_params, resolve
-from hypermeta.errors import HypermetaError
 from hypermeta.plots.base import Plotter
+from hypermeta.registry import Registry, import_modules
 from hypermeta.stages import child_run, stage_context
 
-PLOTTERS: dict[str, Plotter] = {}
-
-
-def register(plotter: Plotter) -> Plotter:
-    if plotter.kind in PLOTTERS:
-        raise ValueError(f"plotter for kind {plotter.kind!r} registered twice")
-    PLOTTERS[plotter.kind] = plotter
-    return plotter
+PLOTTERS: Registry[Plotter] = Registry("plotter kind", lambda plotter: plotter.kind)
+register = PLOTTERS.register
 
 
 def get_plotter(kind: str) -> Plotter:
-    if kind not in PLOTTERS:
-        raise HypermetaError(f"no plotter for kind {kind!r}; known kinds are {sorted(PLOTTERS)}.")
-    return PLOTTERS[kind]
+    return PLOTTERS.lookup(kind)
 
 
 def visualize(name: str) -> list[Path]:
@@ -44,8 +34,6 @@ def visualize(name: str) -> list[Path]:
         return paths
 
 
-for _module in pkgutil.iter_modules(__path__):
-    if _module.name != "base":
-        importlib.import_module(f"{__name__}.{_module.name}")
+import_modules(__name__, __path__, skip={"base"})
 
 __all__ = ["PLOTTERS", "Plotter", "get_plotter", "register", "visualize"]

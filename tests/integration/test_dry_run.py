@@ -5,15 +5,12 @@ with `snakemake --touch` (seconds: nothing trains)."""
 from __future__ import annotations
 
 import hashlib
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT
-from integration.test_pipeline import Project, snakemake_jobs
+from integration.test_pipeline import Project, copy_project, snakemake_jobs
 
 pytestmark = pytest.mark.integration
 
@@ -31,19 +28,7 @@ def snapshot(root: Path) -> dict[str, str]:
 
 @pytest.fixture
 def project(tmp_path) -> Project:
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for name in files:
-        if (ROOT / name).is_file() and not name.startswith(("tests/", "benchmarks/")):
-            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, tmp_path / name)
-    shutil.rmtree(tmp_path / ".dvc", ignore_errors=True)
-    (tmp_path / "dvc.lock").unlink(missing_ok=True)
+    copy_project(tmp_path, leave_out=("tests/", "benchmarks/"))
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
     params["experiments"] = {"cnn": params["experiments"]["cnn"]}
     params["references"] = {"cnn": params.get("references", {}).get("cnn", [])}

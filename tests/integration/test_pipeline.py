@@ -84,24 +84,27 @@ def append_comment(path: Path) -> None:
     path.write_text(path.read_text() + "# an edit that changes no behaviour\n")
 
 
+def copy_project(root: Path, leave_out: tuple[str, ...] = ()) -> None:
+    """The project's files as git sees them (tracked, or untracked and not ignored),
+    without its DVC state, into `root`; paths starting with `leave_out` are left out."""
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    for name in files:
+        if (ROOT / name).is_file() and not name.startswith(leave_out):
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, root / name)
+    shutil.rmtree(root / ".dvc", ignore_errors=True)
+    (root / "dvc.lock").unlink(missing_ok=True)
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Project:
     if not (MIRROR / "README.md").exists():
         pytest.fail(f"the offline data mirror {MIRROR} is missing; set HYPERMETA_DATA_MIRROR")
     root = tmp_path_factory.mktemp("project")
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for name in files:
-        if (ROOT / name).is_file():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, root / name)
-    shutil.rmtree(root / ".dvc", ignore_errors=True)
-    (root / "dvc.lock").unlink(missing_ok=True)
+    copy_project(root)
     project = Project(root)
     project.run("git", "init", "-q")
     project.run(sys.executable, "-m", "dvc", "init", "-q")

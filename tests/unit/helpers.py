@@ -25,6 +25,17 @@ BASE_PARAMS = {
     },
 }
 
+# Two continual learners of one report group (fashion_mnist in the quick profile).
+TOY_CONTINUAL_GROUP = {
+    name: {
+        "method": method,
+        "dataset": "mnist",
+        "group": "toy_cl",
+        "profiles": {"quick": {"dataset": "fashion_mnist"}},
+    }
+    for name, method in (("hnet_toy", "hnet"), ("ewc_toy", "ewc"))
+}
+
 
 def write_params(folder: Path, params: dict | None = None):
     path = folder / "params.yaml"

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from unit.helpers import BASE_PARAMS, load, write_params
+from unit.helpers import BASE_PARAMS, TOY_CONTINUAL_GROUP, load, write_params
 
 from hypermeta.atomic import write_json
 from hypermeta.cli import main
@@ -158,15 +158,7 @@ def continual_metrics(accuracy: float, transfer: float) -> dict:
 
 
 def test_continual_group_is_one_side_by_side_table_in_the_report(tmp_path, monkeypatch):
-    experiments = {
-        name: {
-            "method": method,
-            "dataset": "mnist",
-            "group": "toy_cl",
-            "profiles": {"quick": {"dataset": "fashion_mnist"}},
-        }
-        for name, method in (("hnet_toy", "hnet"), ("ewc_toy", "ewc"))
-    }
+    experiments = TOY_CONTINUAL_GROUP
     write_params(tmp_path, {**BASE_PARAMS, "experiments": experiments})
     monkeypatch.chdir(tmp_path)
     write_json(Path("metrics/hnet_toy/metrics.json"), continual_metrics(0.95, -0.005))

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from browser import render
-from unit.helpers import BASE_PARAMS, write_params
+from unit.helpers import BASE_PARAMS, TOY_CONTINUAL_GROUP, write_params
 
 from hypermeta.atomic import write_json, write_text
 from hypermeta.config import load_params
@@ -14,15 +14,7 @@ from hypermeta.viz import save_curves
 def test_report_renders_every_image_and_fits_the_window(tmp_path, monkeypatch):
     """The hard cases for a page: a group table of long intervals, a comparison with
     many curves, a data-split note with a line of a hundred alphabet names."""
-    experiments = {
-        name: {
-            "method": method,
-            "dataset": "mnist",
-            "group": "toy_cl",
-            "profiles": {"quick": {"dataset": "fashion_mnist"}},
-        }
-        for name, method in (("hnet_toy", "hnet"), ("ewc_toy", "ewc"))
-    }
+    experiments = TOY_CONTINUAL_GROUP
     write_params(tmp_path, {**BASE_PARAMS, "experiments": experiments})
     monkeypatch.chdir(tmp_path)
     for name in experiments:

@@ -18,6 +18,7 @@ from hypermeta.config import Experiment, Params, Reference, resolve
 from hypermeta.engine import get_engine
 from hypermeta.errors import HypermetaError
 from hypermeta.plots import get_plotter
+from hypermeta.stages import child_run, read_manifest, stage_context
 from hypermeta.tracking import git_commit
 
 CI_SUFFIXES = ("_ci_low", "_ci_high", "_ci95")
@@ -92,13 +93,6 @@ def data_note(exp: Experiment, manifest: dict[str, Any] | None) -> str:
     if slices:
         parts.append("slice: " + ", ".join(slices))
     return "; ".join([*parts, f"profile {exp.profile}"])
-
-
-def read_manifest(exp: Experiment) -> dict[str, Any] | None:
-    from hypermeta.stages import PREPARED
-
-    path = PREPARED / exp.dataset / "manifest.json"
-    return json.loads(path.read_text()) if path.exists() else None
 
 
 def read_metrics(experiment: str) -> dict[str, Any]:
@@ -182,7 +176,6 @@ def build_report(params: Params, out_dir: Path) -> Path:
 
 def write_report(params: Params, staging: Path) -> None:
     """report.md, index.html and figures/ into the folder `staging`."""
-    from hypermeta.stages import stage_context
     from hypermeta.tracking import NullTracker
 
     root = repo_root()
@@ -293,7 +286,6 @@ def write_report(params: Params, staging: Path) -> None:
 def report() -> Path:
     """The report stage (dvc.yaml)."""
     from hypermeta.config import load_params
-    from hypermeta.stages import child_run
 
     params = load_params()
     with child_run(params, "report", reads=params.model_dump()) as tracker:

@@ -22,6 +22,12 @@ RAW = Path("data/raw")
 PREPARED = Path("data/prepared")
 
 
+def read_manifest(exp: Experiment) -> dict[str, Any] | None:
+    """The split stage's manifest of the experiment's dataset, once it is prepared."""
+    path = PREPARED / exp.dataset / "manifest.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 @contextmanager
 def child_run(
     params: Params, stage: str, exp: Experiment | None = None, reads: Any = None
@@ -31,11 +37,8 @@ def child_run(
         "hypermeta.profile": params.profile,
         "hypermeta.params_hash": exp.params_hash if exp else params_hash(reads),
     }
-    if exp is not None:
-        manifest = PREPARED / exp.dataset / "manifest.json"
-        if manifest.exists():
-            tensor_md5 = json.loads(manifest.read_text())["tensor_md5"]
-            tags["hypermeta.data_md5"] = json.dumps(tensor_md5, sort_keys=True)
+    if exp is not None and (manifest := read_manifest(exp)) is not None:
+        tags["hypermeta.data_md5"] = json.dumps(manifest["tensor_md5"], sort_keys=True)
     with stage_run(
         repo_root(), params.mlflow.experiment, stage, experiment=exp and exp.name, tags=tags
     ) as tracker:

@@ -96,9 +96,17 @@ def train(name: str) -> None:
     exp = resolve(params, name)
     with child_run(params, "train", exp) as tracker:
         ctx = stage_context(exp, tracker)
-        get_engine(exp.kind).train(ctx)
-        tracker.log_artifact(ctx.model_path, "model")
-        tracker.log_artifact(ctx.history_path, "model")
+        engine = get_engine(exp.kind)
+        engine.train(ctx)
+        model, usage = engine.trained_model(ctx)
+        tracker.log_model(
+            model,
+            usage,
+            {"experiment": exp.name, "method": exp.method, "params_hash": exp.params_hash},
+        )
+        # hypermeta's own files, which `hypermeta fewshot|lm --load-model` read
+        tracker.log_artifact(ctx.model_path, "saved")
+        tracker.log_artifact(ctx.history_path, "saved")
         if ctx.checkpoint_path.exists():  # the resumable state, e.g. to continue elsewhere
             tracker.log_artifact(ctx.checkpoint_path, "checkpoint")
 

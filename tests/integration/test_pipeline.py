@@ -209,6 +209,35 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def trained_models_load_back_from_their_runs(
+    root: Path, url: str, experiment_id: str, children
+) -> None:
+    """Every train run has its MLflow model (the UI's Models column), and one of each engine
+    kind loads through `runs:/` with the weights its model.pt holds."""
+    import mlflow.pytorch
+    from mlflow.tracking import MlflowClient
+
+    from hypermeta.engine import StageContext, get_engine
+    from hypermeta.tracking import NullTracker
+
+    logged = MlflowClient(url).search_logged_models(experiment_ids=[experiment_id])
+    sources = {model.source_run_id for model in logged if model.name == "model"}
+    trains = {n: r for n, r in children.items() if r.data.tags["hypermeta.stage"] == "train"}
+    assert len(trains) == len(load_params().experiments)
+    assert {r.info.run_id for r in trains.values()} <= sources
+    mlflow.set_tracking_uri(url)
+    for name in ("hypercnn", "protonet_omniglot", "maml_sine", "hnet_split", "hyperlstm_char"):
+        exp = resolve(load_params(), name)
+        ctx = StageContext(exp, Path(), root / "models" / name, Path(), Path(), NullTracker())
+        expected, _ = get_engine(exp.kind).trained_model(ctx)
+        loaded = mlflow.pytorch.load_model(f"runs:/{trains[f'{name} · train'].info.run_id}/model")
+        assert type(loaded) is type(expected) and not loaded.training
+        for (key, value), (other, weight) in zip(
+            loaded.state_dict().items(), expected.state_dict().items(), strict=True
+        ):
+            assert key == other and torch.equal(value, weight), (name, key)
+
+
 def test_runs_are_reviewable_through_a_real_mlflow_server(project):
     from mlflow.tracking import MlflowClient
 
@@ -251,8 +280,11 @@ def test_runs_are_reviewable_through_a_real_mlflow_server(project):
         assert train.data.params["method"] == "hypercnn"
         history = client.get_metric_history(train.info.run_id, "val_accuracy")
         assert [m.step for m in history] == list(range(1, len(history) + 1)) and len(history) > 1
-        artifacts = [a.path for a in client.list_artifacts(train.info.run_id, "model")]
-        assert "model/model.pt" in artifacts
+        artifacts = [a.path for a in client.list_artifacts(train.info.run_id, "saved")]
+        assert "saved/model.pt" in artifacts
+        trained_models_load_back_from_their_runs(
+            project.root, url, experiment.experiment_id, children
+        )
         checkpoint = client.list_artifacts(train.info.run_id, "checkpoint")
         assert [a.path for a in checkpoint] == ["checkpoint/checkpoint.pt"]
         for stage in ("download", "split", "report"):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
 
 from hypermeta.errors import HypermetaError
 from hypermeta.tracking import (
@@ -172,3 +173,46 @@ def test_a_store_copied_with_its_project_is_refused_with_the_fix(tmp_path):
     with pytest.raises(HypermetaError, match="another project's folder.*delete them here"):
         init_store(copy, SqlStore(f"sqlite:///{copy}/mlflow.db"), "hypermeta")
     assert not list((original / "mlartifacts").rglob("copy*"))
+
+
+# A train stage's last step: its trained module logged as the run's MLflow model.
+MODEL_WRITER = """
+import sys
+from pathlib import Path
+import torch
+from hypermeta.nn import MLP
+from hypermeta.tracking import stage_run
+root = Path(sys.argv[1])
+torch.manual_seed(0)
+model = MLP(3, [5], 2).eval()
+torch.save(model.state_dict(), root / "weights.pt")
+with stage_run(root, "hypermeta", "train", experiment="mlp") as tracker:
+    tracker.log_model(model, "model(x (N, 3)) -> (N, 2)", {"experiment": "mlp"})
+"""
+
+
+def test_a_trained_model_loads_back_from_its_run(tmp_path, watched):
+    import mlflow.pytorch
+    from mlflow.tracking import MlflowClient
+
+    from hypermeta.nn import MLP
+
+    uri = ensure_server(tmp_path, key_of(watched))
+    env = {**clean_env(), SERVER_ENV: uri, "PYTHONPATH": str(SRC)}
+    subprocess.run(
+        [sys.executable, "-c", MODEL_WRITER, str(tmp_path)], env=env, check=True, timeout=300
+    )
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("hypermeta")
+    [run] = client.search_runs([experiment.experiment_id])
+    # the UI's Models column: a logged model whose source is the train run
+    [logged] = client.search_logged_models(experiment_ids=[experiment.experiment_id])
+    assert logged.source_run_id == run.info.run_id and logged.name == "model"
+    mlflow.set_tracking_uri(uri)
+    loaded = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+    trained = MLP(3, [5], 2)
+    trained.load_state_dict(torch.load(tmp_path / "weights.pt"))
+    x = torch.randn(7, 3)
+    assert isinstance(loaded, MLP) and torch.equal(loaded(x), trained(x))
+    info = mlflow.models.get_model_info(f"runs:/{run.info.run_id}/model")
+    assert info.metadata == {"experiment": "mlp", "usage": "model(x (N, 3)) -> (N, 2)"}

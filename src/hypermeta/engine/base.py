@@ -2,6 +2,8 @@
 
 train     writes <model_dir>/model.pt and history.json (per-epoch records), keeping a
           resumable <model_dir>/checkpoint.pt as it goes;
+trained_model  the trained nn.Module from model.pt and how to call it: the train stage
+          logs it as an MLflow model (`mlflow.pytorch.load_model("runs:/<run>/model")`);
 evaluate  returns flat numeric metrics (the stage writes metrics.json);
           `compare_columns` (optional) names the metrics the report tabulates for a group.
 Its figures (the visualize stage, the report's comparisons) are hypermeta.plots'.
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel
+from torch import nn
 
 from hypermeta.config import Experiment
 from hypermeta.tracking import Tracker
@@ -53,6 +56,10 @@ class Engine(ABC):
 
     @abstractmethod
     def train(self, ctx: StageContext) -> None: ...
+
+    @abstractmethod
+    def trained_model(self, ctx: StageContext) -> tuple[nn.Module, str]:
+        """The trained model, in eval mode on the CPU, and one sentence on calling it."""
 
     @abstractmethod
     def evaluate(self, ctx: StageContext) -> dict[str, Any]: ...

@@ -76,6 +76,11 @@ def build_model(section: dict[str, Any], data_info: dict[str, Any]) -> nn.Module
     return method.build(config, data_info)
 
 
+def standardization(data_info: dict[str, Any]) -> str:
+    """How a model's input images are scaled, for whoever loads it from MLflow."""
+    return f"(pixel / 255 - {data_info['mean']:.4f}) / {data_info['std']:.4f}"
+
+
 def load_trained(model_path: Path) -> tuple[nn.Module, dict[str, Any]]:
     saved = load_saved(model_path)
     model = build_model(saved["experiment"], saved["data_info"])
@@ -178,6 +183,13 @@ class ClassificationEngine(Engine):
             },
         )
         write_json(ctx.history_path, history)
+
+    def trained_model(self, ctx: StageContext) -> tuple[nn.Module, str]:
+        model, saved = load_trained(ctx.model_path)
+        return model, (
+            "model(images) → class logits; images (N, C, H, W) float, "
+            f"{standardization(saved['data_info'])}"
+        )
 
     def evaluate(self, ctx: StageContext) -> dict[str, Any]:
         exp = ctx.experiment

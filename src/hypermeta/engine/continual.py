@@ -296,6 +296,19 @@ class ContinualEngine(Engine):
         torch_save(ctx.model_path, saved)
         write_json(ctx.history_path, saved["history"])
 
+    def trained_model(self, ctx: StageContext) -> tuple[torch.nn.Module, str]:
+        saved = load_trained(ctx.model_path)
+        first = saved["runs"][0]
+        learner = build_learner(saved["experiment"], saved["data_info"])
+        learner.load_state_dict(first["final_state"])
+        info = saved["data_info"]
+        return learner.eval(), (
+            f"learner(x, task) → logits over task's classes, as trained with seed "
+            f"{first['seed']} (the first of {len(saved['runs'])}); x (N, pixels) flattened, "
+            f"(pixel / 255 - {info['mean']:.4f}) / {info['std']:.4f}, permuted as the task's "
+            "(hypermeta.data.continual.TaskSequence)"
+        )
+
     def evaluate(self, ctx: StageContext) -> dict[str, Any]:
         exp = ctx.experiment
         cfg: ContinualEval = exp.eval

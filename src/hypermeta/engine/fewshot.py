@@ -28,7 +28,7 @@ from hypermeta.data.prepare import load_manifest, load_split
 from hypermeta.engine import register
 from hypermeta.engine.base import Engine, StageContext
 from hypermeta.engine.checkpoint import Checkpointer
-from hypermeta.engine.classification import build_model, load_trained
+from hypermeta.engine.classification import build_model, load_trained, standardization
 from hypermeta.engine.device import DeviceName, adam, autocast, resolve_device
 from hypermeta.errors import HypermetaError
 from hypermeta.methods.fewshot_base import BatchNormMode, Episodes, FewShotLearner
@@ -256,6 +256,15 @@ class FewShotEngine(Engine):
             },
         )
         write_json(ctx.history_path, history)
+
+    def trained_model(self, ctx: StageContext) -> tuple[torch.nn.Module, str]:
+        learner, saved = load_trained(ctx.model_path)
+        return learner, (
+            "with learner.meta_test('running' or 'transductive'): "
+            "learner.test_logits(Episodes(support_x, support_y, query_x, query_y, n_way)) "
+            "→ (B, N·Q, N) query logits (hypermeta.methods.fewshot_base.Episodes); images "
+            f"{standardization(saved['data_info'])}"
+        )
 
     def evaluate(self, ctx: StageContext) -> dict[str, Any]:
         exp = ctx.experiment

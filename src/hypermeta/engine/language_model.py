@@ -13,6 +13,7 @@ over contiguous blocks. `lm_cli.py` runs the same `fit` / `token_bits` / `genera
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -375,6 +376,13 @@ class LanguageModelEngine(Engine):
         )
         save_model(ctx.model_path, exp.section, Vocabulary(info["vocab"]), best, history)
         write_json(ctx.history_path, history)
+
+    def trained_model(self, ctx: StageContext) -> tuple[torch.nn.Module, str]:
+        model, vocab, _ = load_trained(ctx.model_path, torch.device("cpu"))
+        return model, (
+            "model(tokens (T, B) long, model.initial_state(B, device)) → (logits (T, B, V), "
+            f"state); the vocabulary, in token order: {json.dumps(vocab.symbols)}"
+        )
 
     def evaluate(self, ctx: StageContext) -> dict[str, Any]:
         exp = ctx.experiment

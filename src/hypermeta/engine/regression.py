@@ -211,6 +211,14 @@ class RegressionEngine(Engine):
         optimizer.step()
         return loss.item()
 
+    def trained_model(self, ctx: StageContext) -> tuple[torch.nn.Module, str]:
+        learner, _ = load_trained(ctx.model_path)
+        return learner, (
+            "learner.query_predictions(Episodes(support_x, support_y, query_x, query_y, 1), "
+            "steps) → (1, B, P, 1) query predictions after `steps` inner steps; "
+            "x, y (B, K, 1) points of each sine task (hypermeta.methods.fewshot_base.Episodes)"
+        )
+
     def evaluate(self, ctx: StageContext) -> dict[str, Any]:
         exp = ctx.experiment
         cfg: RegressionEval = exp.eval

@@ -1,11 +1,15 @@
+import pytest
 import torch
 from tolerance import assert_close_reordered
+from torch import nn
 from torch.func import functional_call
 
 from hypermeta.hyper import (
     GeneratedModel,
     StaticHypernet,
+    WeightGenerator,
     effective_parameters,
+    effective_size,
     parameter_cost,
     take_parameters,
 )
@@ -26,6 +30,10 @@ def test_parameter_counts_match_the_paper():
     assert "target.conv2.weight" not in dict(hyper.named_parameters())
     own = sum(p.numel() for p in cnn.parameters())
     assert sum(p.numel() for p in hyper.parameters()) == own - 12_544 + 4_244
+    # The weights it computes with are the CNN's: conv2's generated, the rest its own.
+    assert effective_size(hyper) == own
+    assert sum(w.numel() for w in effective_parameters(hyper).values()) == own
+    assert parameter_cost(hyper, "conv1.weight") == parameter_cost(cnn, "conv1.weight") == 784
 
 
 def test_generated_kernel_has_the_target_shape_and_drives_the_target():
@@ -36,6 +44,8 @@ def test_generated_kernel_has_the_target_shape_and_drives_the_target():
     reference = functional_call(hyper.target, {"conv2.weight": kernel}, (x,))
     assert_close_reordered(hyper(x), reference)
     assert torch.equal(effective_parameters(hyper)["conv2.weight"], kernel.detach())
+    with pytest.raises(ValueError, match="no condition"):
+        hyper(x, condition=0)
 
 
 def test_gradients_reach_z_and_the_hypernetwork():
@@ -74,11 +84,57 @@ def test_take_parameters_leaves_an_ordinary_module():
     assert shapes == {"weight": torch.Size([2, 3])}
     assert [n for n, _ in layer.named_parameters()] == ["bias"]
 
-    class Constant(torch.nn.Module):
-        target_shapes = shapes
-
-        def forward(self):
+    class Constant(WeightGenerator):
+        def forward(self, condition):
             return {"weight": torch.ones(2, 3)}
 
-    model = GeneratedModel(layer, Constant())
+    model = GeneratedModel(layer, Constant(shapes))
     torch.testing.assert_close(model(torch.ones(1, 3)), 3 + layer.bias.detach().unsqueeze(0))
+
+
+class VectorConditioned(WeightGenerator):
+    """A linear map from a condition vector to the weights: the shape of a support-set
+    hypernetwork or of LEO's decoder (a latent code to weights), in a few lines."""
+
+    def __init__(self, target_shapes: dict[str, torch.Size], condition_dim: int) -> None:
+        super().__init__(target_shapes)
+        ((self.name, self.shape),) = self.target_shapes.items()
+        self.map = nn.Linear(condition_dim, self.shape.numel())
+
+    def forward(self, condition: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {self.name: self.map(condition).view(self.shape)}
+
+
+def test_a_conditioned_generator_runs_through_generated_model_with_exact_gradients():
+    torch.manual_seed(0)
+    target = nn.Linear(3, 2).double()
+    generator = VectorConditioned(take_parameters(target, ["weight"]), 4).double()
+    model = GeneratedModel(target, generator)
+    x = torch.randn(5, 3, dtype=torch.double)
+    condition = torch.randn(4, dtype=torch.double)
+    assert not torch.allclose(model(x, condition=condition), model(x, condition=-condition))
+
+    # The loss as a function of the condition and of every trainable parameter (the
+    # generator's and the target's own bias): autograd agrees with finite differences.
+    names = [name for name, _ in model.named_parameters()]
+    assert names == ["target.bias", "generator.map.weight", "generator.map.bias"]
+
+    def loss(condition, *params):
+        weights = dict(zip(names, params, strict=True))
+        return functional_call(model, weights, (x,), {"condition": condition}).sin().sum()
+
+    inputs = (condition, *(p.detach() for p in model.parameters()))
+    assert torch.autograd.gradcheck(loss, tuple(t.clone().requires_grad_() for t in inputs))
+
+    model(x, condition=condition).sin().sum().backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+    # Counted by hand: it computes with a 2x3 weight and 2 biases; the weight costs the
+    # map's 4·6 + 6 parameters, the bias its own 2.
+    assert effective_size(model) == 2 * 3 + 2
+    assert parameter_cost(model, "weight") == 4 * 6 + 6
+    assert parameter_cost(model, "bias") == 2
+    weights = effective_parameters(model, condition)
+    assert weights.keys() == {"weight", "bias"}
+    assert torch.equal(weights["weight"], generator(condition)["weight"].detach())

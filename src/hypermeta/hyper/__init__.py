@@ -1,9 +1,12 @@
-"""Weight generators. Each produces a dict of tensors named and shaped like a target
-module's parameters; the target runs through `torch.func.functional_call`."""
+"""Weight generators. Each maps a condition to a dict of tensors named and shaped like a
+target module's parameters; `GeneratedModel` runs the target with them through
+`torch.func.functional_call` (hyper/generated.py)."""
 
 from hypermeta.hyper.generated import (
     GeneratedModel,
+    WeightGenerator,
     effective_parameters,
+    effective_size,
     parameter_cost,
     take_parameters,
     target_shapes,
@@ -13,7 +16,9 @@ from hypermeta.hyper.static import StaticHypernet
 __all__ = [
     "GeneratedModel",
     "StaticHypernet",
+    "WeightGenerator",
     "effective_parameters",
+    "effective_size",
     "parameter_cost",
     "take_parameters",
     "target_shapes",

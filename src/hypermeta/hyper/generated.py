@@ -1,15 +1,25 @@
-"""The one mechanism for generated weights (DESIGN.md).
+"""The one mechanism for generated weights (docs/ARCHITECTURE.md, "Generated weights").
 
-A generator is an `nn.Module` whose forward returns `{parameter name: tensor}` for a
-target module; `GeneratedModel` runs the target with those tensors through
-`functional_call`. The target stays an ordinary module: the parameters a generator
-replaces are removed from it (`take_parameters`) so they are neither trained nor
-counted twice.
+A generator (`WeightGenerator`) maps a condition to `{parameter name: tensor}` for a
+target module, each tensor shaped as the generator's `target_shapes` says. The
+condition is whatever the method conditions on: nothing (a static hypernetwork), a task
+id (HNET's learned task embeddings live in the generator), and, in methods to come, a
+support-set encoding or a latent code. `GeneratedModel` runs the target with the
+generated tensors through `functional_call`, so every generator, conditioned or not,
+plugs into the same module. The target stays an ordinary module: the parameters a
+generator replaces are removed from it (`take_parameters`) so they are neither trained
+nor counted twice.
+
+HyperLSTM (hyper/hyperlstm.py) is the one deliberate exception: its weights are
+modulated at every time step inside the cell, not generated once as a dict.
 """
 
 from __future__ import annotations
 
+import math
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,30 +46,56 @@ def take_parameters(module: nn.Module, names: Iterable[str]) -> dict[str, torch.
     return shapes
 
 
-class GeneratedModel(nn.Module):
-    """A target module whose parameters `generator.target_shapes` come from `generator()`."""
+class WeightGenerator(nn.Module, ABC):
+    """condition → {name: tensor of shape target_shapes[name]} for every name it generates."""
 
-    def __init__(self, target: nn.Module, generator: nn.Module) -> None:
+    def __init__(self, target_shapes: dict[str, torch.Size]) -> None:
+        super().__init__()
+        self.target_shapes = dict(target_shapes)
+
+    @abstractmethod
+    def forward(self, condition: Any) -> dict[str, torch.Tensor]: ...
+
+
+class GeneratedModel(nn.Module):
+    """A target module whose parameters `generator.target_shapes` come from the generator.
+
+    `model(*inputs, condition=c)` runs `target(*inputs)` with the weights `generator(c)`;
+    a generator that takes no condition is called with None, so `model(x)` suffices."""
+
+    def __init__(self, target: nn.Module, generator: WeightGenerator) -> None:
         super().__init__()
         self.target = target
         self.generator = generator
 
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return functional_call(self.target, self.generator(), inputs)
+    def forward(self, *inputs: torch.Tensor, condition: Any = None) -> torch.Tensor:
+        return functional_call(self.target, self.generator(condition), inputs)
 
 
-def effective_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The weights the model actually computes with: generated ones merged with its own."""
+def effective_parameters(model: nn.Module, condition: Any = None) -> dict[str, torch.Tensor]:
+    """The weights the model computes with (under `condition`, for a generated model):
+    generated ones merged with its own."""
     if isinstance(model, GeneratedModel):
         own = {n: p.detach() for n, p in model.target.named_parameters()}
-        generated = {n: w.detach() for n, w in model.generator().items()}
+        generated = {n: w.detach() for n, w in model.generator(condition).items()}
         return own | generated
     return {n: p.detach() for n, p in model.named_parameters()}
+
+
+def effective_size(model: nn.Module) -> int:
+    """How many weights the model computes with, learned or generated (the size of
+    `effective_parameters`, read from the shapes without generating anything)."""
+    if isinstance(model, GeneratedModel):
+        own = sum(p.numel() for p in model.target.parameters())
+        return own + sum(math.prod(s) for s in model.generator.target_shapes.values())
+    return sum(p.numel() for p in model.parameters())
 
 
 def parameter_cost(model: nn.Module, name: str) -> int:
     """Trainable parameters spent on weight `name`: its size if learned directly, or the
     generator's whole parameter count if generated."""
-    if isinstance(model, GeneratedModel) and name in model.generator.target_shapes:
-        return sum(p.numel() for p in model.generator.parameters())
+    if isinstance(model, GeneratedModel):
+        if name in model.generator.target_shapes:
+            return sum(p.numel() for p in model.generator.parameters())
+        model = model.target
     return dict(model.named_parameters())[name].numel()

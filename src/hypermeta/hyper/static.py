@@ -18,16 +18,17 @@ import math
 import torch
 from torch import nn
 
+from hypermeta.hyper.generated import WeightGenerator
 
-class StaticHypernet(nn.Module):
-    """Generates conv kernels of one shape from per-layer embeddings z^j."""
+
+class StaticHypernet(WeightGenerator):
+    """Generates conv kernels of one shape from per-layer embeddings z^j; no condition."""
 
     def __init__(self, target_shapes: dict[str, torch.Size], z_dim: int = 4, d: int = 4) -> None:
-        super().__init__()
         shapes = set(target_shapes.values())
         if len(shapes) != 1 or len(next(iter(shapes))) != 4:
             raise ValueError(f"a static hypernet generates conv kernels of one shape, got {shapes}")
-        self.target_shapes = dict(target_shapes)
+        super().__init__(target_shapes)
         self.n_out, self.n_in, kh, kw = next(iter(shapes))
         self.d = d
         self.z = nn.ParameterDict(
@@ -49,5 +50,7 @@ class StaticHypernet(nn.Module):
         shape = next(iter(self.target_shapes.values()))
         return k.view(self.n_in, self.n_out, *shape[2:]).transpose(0, 1)
 
-    def forward(self) -> dict[str, torch.Tensor]:
+    def forward(self, condition: None = None) -> dict[str, torch.Tensor]:
+        if condition is not None:
+            raise ValueError("a static hypernet takes no condition; call it with None")
         return {name: self.kernel(self.z[name.replace(".", "_")]) for name in self.target_shapes}

@@ -27,7 +27,13 @@ from hypermeta.engine.continual import (
     task_correctness,
     train_sequences,
 )
-from hypermeta.hyper import take_parameters, target_shapes
+from hypermeta.hyper import (
+    effective_parameters,
+    effective_size,
+    parameter_cost,
+    take_parameters,
+    target_shapes,
+)
 from hypermeta.hyper.chunked import ChunkedHypernet
 from hypermeta.nn.mainnet import mlp
 
@@ -46,13 +52,35 @@ def test_chunked_hypernet_generates_every_target_weight_by_name():
     target = mlp(10, [7], 3)
     shapes = take_parameters(target, list(target_shapes(target)))
     hnet = ChunkedHypernet(shapes, num_tasks=2, task_dim=8, chunk_dim=8, chunk_size=64, hidden=[32])
-    weights = hnet.weights_for(1)
+    weights = hnet(1)
     assert {n: w.shape for n, w in weights.items()} == shapes
     assert hnet.num_chunks == -(-sum(s.numel() for s in shapes.values()) // 64)
     logits = functional_call(target, weights, (torch.randn(5, 10),))
     assert logits.shape == (5, 3)
     # Different task embeddings give different networks.
-    assert not torch.allclose(weights["0.weight"], hnet.weights_for(0)["0.weight"])
+    assert not torch.allclose(weights["0.weight"], hnet(0)["0.weight"])
+
+
+def test_hnet_counts_the_weights_it_generates_and_the_hypernetwork_it_trains():
+    torch.manual_seed(0)
+    info = {"input_size": 10, "num_tasks": 2, "classes_per_task": 3}
+    learner = build_learner({"method": "hnet", "model": {"hidden": [7], **SMALL_HNET}}, info)
+    # By hand: the main MLP 10-7-3 computes with 10·7 + 7 + 7·3 + 3 = 101 weights, all
+    # generated; the hypernetwork trains 2 task and ceil(101 / 64) = 2 chunk embeddings
+    # of 8, and its body 16-32-64: 16 + 16 + (16·32 + 32) + (32·64 + 64) = 2,688.
+    assert sum(p.numel() for p in learner.parameters()) == 2_688
+    assert effective_size(learner.network) == learner.main_network_size() == 101
+    weights = effective_parameters(learner.network, condition=1)
+    assert {n: w.shape for n, w in weights.items()} == {
+        "0.weight": (7, 10),
+        "0.bias": (7,),
+        "2.weight": (3, 7),
+        "2.bias": (3,),
+    }
+    assert parameter_cost(learner.network, "0.weight") == 2_688
+    x = torch.randn(5, 10)
+    assert torch.equal(learner(x, 1), functional_call(learner.target, learner.hnet(1), (x,)))
+    assert torch.equal(learner.all_task_logits(x)[0], learner(x, 0))
 
 
 # ---------------------------------------------------------------- the regulariser
@@ -95,7 +123,7 @@ def test_lookahead_evaluates_the_regularizer_at_theta_plus_delta():
     x, y = torch.randn(16, 10), torch.randint(0, 3, (16,))
     target = mlp(10, [7], 3)
     take_parameters(target, list(target_shapes(target)))
-    task_loss = F.cross_entropy(functional_call(target, hnet.weights_for(2), (x,)), y)
+    task_loss = F.cross_entropy(functional_call(target, hnet(2), (x,)), y)
     shared = {n: p for n, p in hnet.named_parameters() if n != "task_embeddings"}
     optimizer = torch.optim.Adam(hnet.parameters(), lr=0.1)
     delta = lookahead_delta(task_loss, shared, optimizer, "sgd")

@@ -3,9 +3,9 @@
 All weights of a target network are flattened and cut into chunks of `chunk_size`.
 One small MLP maps [task embedding e_t, chunk embedding c_k] to chunk k, so the same
 hypernetwork weights are reused for every chunk and the trainable parameter count can
-be far below the target's (the compression ratio the paper reports). The output is the
-project's one currency for generated weights: a dict of tensors named and shaped like
-the target's parameters, to be used with `torch.func.functional_call(target, w, x)`.
+be far below the target's (the compression ratio the paper reports). It is a
+`WeightGenerator` whose condition is the task id: the task embeddings are its own
+parameters, and `GeneratedModel(target, hnet)(x, condition=task)` runs the target.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from hypermeta.hyper.generated import WeightGenerator
 from hypermeta.nn.mainnet import mlp
 
 
-class ChunkedHypernet(nn.Module):
+class ChunkedHypernet(WeightGenerator):
     """h(e_t; Θ): task embedding → every weight of the target, one chunk at a time."""
 
     def __init__(
@@ -32,8 +33,7 @@ class ChunkedHypernet(nn.Module):
         chunk_size: int = 4000,
         hidden: Sequence[int] = (100, 100),
     ) -> None:
-        super().__init__()
-        self.target_shapes = dict(target_shapes)
+        super().__init__(target_shapes)
         self.num_weights = sum(math.prod(shape) for shape in self.target_shapes.values())
         self.num_chunks = math.ceil(self.num_weights / chunk_size)
         self.task_embeddings = nn.Parameter(torch.randn(num_tasks, task_dim))
@@ -74,15 +74,12 @@ class ChunkedHypernet(nn.Module):
         )
         return functional_call(self.body, body, (inputs,)).reshape(k, -1)[:, : self.num_weights]
 
-    def forward(self, embedding: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One task embedding (task_dim,) → {target parameter name: generated tensor}."""
-        flat = self.flat_weights(embedding[None])[0]
+    def forward(self, task: int) -> dict[str, torch.Tensor]:
+        """Task id → {target parameter name: generated tensor}, from the task's embedding."""
+        flat = self.flat_weights(self.task_embeddings[task][None])[0]
         weights, offset = {}, 0
         for name, shape in self.target_shapes.items():
             size = math.prod(shape)
             weights[name] = flat[offset : offset + size].view(shape)
             offset += size
         return weights
-
-    def weights_for(self, task: int) -> dict[str, torch.Tensor]:
-        return self(self.task_embeddings[task])

@@ -2,8 +2,9 @@
 main network from a learned per-task embedding e_t; learning task T adds the output
 regulariser (continual/regularizer.py) that keeps h(e_t) of earlier tasks in place.
 
-The main network holds no parameters of its own: `take_parameters` removes them all
-and it runs through `functional_call` with the generated dict (the one mechanism)."""
+The main network holds no parameters of its own: `take_parameters` removes them all,
+and it runs as a `GeneratedModel` whose generator is conditioned on the task id (the one
+mechanism for generated weights, hyper/generated.py)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
-from torch.func import functional_call
 
 from hypermeta.continual.learner import Batch, ContinualLearner
 from hypermeta.continual.regularizer import LookaheadStep, lookahead_delta, output_regularizer
 from hypermeta.data.continual import TaskSequence
-from hypermeta.hyper import take_parameters, target_shapes
+from hypermeta.hyper import GeneratedModel, effective_size, take_parameters, target_shapes
 from hypermeta.hyper.chunked import ChunkedHypernet
 from hypermeta.methods import register
 from hypermeta.methods.base import MethodSpec
@@ -40,11 +40,12 @@ class HNETConfig(MainNetConfig):
 
 
 class HNETLearner(ContinualLearner):
+    network: GeneratedModel  # the target run with the weights hnet generates for a task id
+
     def __init__(self, config: HNETConfig, data_info: dict[str, Any]) -> None:
         num_tasks, classes = data_info["num_tasks"], data_info["classes_per_task"]
         super().__init__(num_tasks, classes)
         self.target = mlp(data_info["input_size"], config.hidden, classes)
-        self._main_size = sum(p.numel() for p in self.target.parameters())
         shapes = take_parameters(self.target, list(target_shapes(self.target)))
         self.hnet = ChunkedHypernet(
             shapes,
@@ -54,21 +55,20 @@ class HNETLearner(ContinualLearner):
             config.chunk_size,
             config.hnet_hidden,
         )
+        # `target` and `hnet` stay the learner's children (the state_dict keys of saved
+        # models); `network` runs them as one GeneratedModel and is kept out of the module
+        # tree so that nothing is registered, saved or loaded twice.
+        object.__setattr__(self, "network", GeneratedModel(self.target, self.hnet))
         self.beta, self.lookahead = config.beta, config.lookahead
         self.lookahead_step = config.lookahead_step
         # h(e_t; Θ*) for every finished task, refreshed at the end of each task.
         self.register_buffer("stored_targets", torch.zeros(num_tasks, self.hnet.num_weights))
 
     def forward(self, x: torch.Tensor, task: int) -> torch.Tensor:
-        return functional_call(self.target, self.hnet.weights_for(task), (x,))
+        return self.network(x, condition=task)
 
     def all_task_logits(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack(
-            [
-                functional_call(self.target, self.hnet.weights_for(t), (x,))
-                for t in range(self.num_tasks)
-            ]
-        )
+        return torch.stack([self.network(x, condition=t) for t in range(self.num_tasks)])
 
     def training_loss(
         self, batches: list[Batch], task: int, optimizer: torch.optim.Optimizer
@@ -96,7 +96,7 @@ class HNETLearner(ContinualLearner):
         self.stored_targets[: task + 1] = self.hnet.flat_weights(embeddings)
 
     def main_network_size(self) -> int:
-        return self._main_size
+        return effective_size(self.network)
 
 
 def build(config: HNETConfig, data_info: dict[str, Any]) -> nn.Module:

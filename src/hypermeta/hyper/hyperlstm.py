@@ -5,8 +5,10 @@ rescale the main LSTM's weights row by row and shift its biases:
     gates_t = d_x(z) ⊙ (W_x x_t) + d_h(z) ⊙ (W_h h_{t-1}) + b + b(z)
 
 with d(z) = W_d z and z = W_z ĥ_t + b_z (the paper's memory-efficient weight scaling,
-eq. 10-11). This is DESIGN.md's one exception to `functional_call`: the weights change
-inside the time loop, so they are modulated in the cell rather than generated as a dict.
+eq. 10-11). This is the one deliberate exception to the generator protocol
+(hyper/generated.py; docs/ARCHITECTURE.md, "Generated weights"): the weights change inside
+the time loop, so they are modulated in the cell rather than generated once as a dict
+for `GeneratedModel`.
 
 Initialisation follows the paper and its reference code (supercell.py): W_z = 0, b_z = 1
 for the scaling embeddings and W_d = init_scale / N_z, so every scale starts at

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+from typing import get_args
 
 import pytest
 import torch
@@ -20,7 +21,7 @@ from hypermeta.engine.classification import load_trained
 from hypermeta.engine.fewshot import FewShotEngine, check_ways, episode_logits, split_sampler
 from hypermeta.errors import HypermetaError
 from hypermeta.fewshot_cli import BATCHNORM_NOTES
-from hypermeta.methods.fewshot_base import BATCHNORM_REGIMES
+from hypermeta.methods.fewshot_base import BATCHNORM_REGIMES, BatchNormRegime
 from hypermeta.methods.protonet import PrototypicalNetwork
 
 # The methods `predict` is checked with: the reference learner and a gradient learner
@@ -181,7 +182,8 @@ def test_predict_help_states_what_each_batch_norm_regime_means(capsys):
         main(["fewshot", "predict", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert all(note in text for note in BATCHNORM_NOTES.values())
-    assert list(BATCHNORM_NOTES) == list(BATCHNORM_REGIMES)  # a note for every regime
+    # a meaning and a note for every regime the schema accepts
+    assert list(BATCHNORM_NOTES) == list(BATCHNORM_REGIMES) == list(get_args(BatchNormRegime))
 
 
 @with_trained(PROTONET_TRANSDUCTIVE)

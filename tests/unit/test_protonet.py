@@ -161,7 +161,7 @@ def test_the_engine_refuses_a_regime_the_learner_does_not_implement(tmp_path, da
     with pytest.raises(HypermetaError) as error:
         FewShotEngine().train(ctx)
     assert str(error.value) == (
-        "experiments.fsl.eval.also_batchnorm[0] is 'per_query', which PrototypicalNetwork "
+        "experiments.fsl.eval.also_batchnorm.0 is 'per_query', which PrototypicalNetwork "
         "does not support; use one of transductive, running_stats."
     )
     assert not ctx.model_dir.exists()  # refused before any training

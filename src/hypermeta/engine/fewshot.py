@@ -164,7 +164,7 @@ def check_regimes(learner: FewShotLearner, cfg: FewShotEval, where: str) -> None
     """Refuse, before any work, a batch-norm regime the learner does not implement."""
     learner.check_batchnorm(cfg.batchnorm, f"{where}.batchnorm")
     for index, regime in enumerate(cfg.also_batchnorm):
-        learner.check_batchnorm(regime, f"{where}.also_batchnorm[{index}]")
+        learner.check_batchnorm(regime, f"{where}.also_batchnorm.{index}")
 
 
 def lr_factor(cfg: FewShotTrain, iteration: int) -> float:

@@ -73,8 +73,9 @@ class FewShotLearner(nn.Module, ABC):
     - Training: for each meta-batch the engine calls `on_iteration(i, total)` (schedules
       such as MAML++'s derivative-order annealing live there), then `meta_step`.
     - Evaluation, validation and `predict` call `test_logits` inside
-      `meta_test(batchnorm)`; queries' labels are never read there (`predict` passes
-      zeros).
+      `meta_test(batchnorm)`, `batchnorm` one of the learner's `batchnorm_regimes` (the
+      engine refuses others before training); queries' labels are never read there
+      (`predict` passes zeros).
     """
 
     max_way: int | None = None

@@ -88,7 +88,7 @@ class TaskMapper:
         function: Callable[..., Any],
         params: Any,
         *batched: torch.Tensor,
-        params_per_task=False,
+        params_per_task: bool = False,
     ) -> Any:
         """`function(params, *one_task)` for every task, stacked as vmap stacks it. `params`
         is shared by all tasks, or (`params_per_task`) has a leading task dimension."""

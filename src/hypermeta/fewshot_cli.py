@@ -12,8 +12,8 @@ stretched to full contrast, antialiased resize to 28×28). The CSV has one row p
 image: its file name, the predicted class and the softmax score of every class.
 
 Batch norm works as the model was evaluated (`eval.batchnorm`), so the tool answers as
-the evaluator does; BATCHNORM_NOTES says what that means for a query, in `--help` and in
-the tool's output.
+the evaluator does, or in another regime the model supports (`--batchnorm`);
+BATCHNORM_NOTES says what each means for a query, in `--help` and in the tool's output.
 """
 
 from __future__ import annotations
@@ -29,22 +29,23 @@ from hypermeta.errors import HypermetaError
 if TYPE_CHECKING:  # torch loads only when a command runs, keeping `hypermeta --help` quick
     import torch
 
-    from hypermeta.methods.fewshot_base import BatchNormMode
+    from hypermeta.methods.fewshot_base import BatchNormRegime
 
 HELP = "few-shot tools: predict the classes of query images from a support set"
 
 
-# What a model's batch-norm regime means for a user's queries, stated where it applies.
+# What each batch-norm regime (fewshot_base.BATCHNORM_REGIMES) means for a user's queries
+# (no hyphenated words: --help wraps lines there).
+ALONE = "each query is classified from the support set alone, whatever else --query holds"
 BATCHNORM_NOTES = {
     "transductive": (
         "transductive batch norm: statistics come from the batch of images classified "
         "together, so a query's scores depend on the other images in --query (classify one "
         "image per query folder for scores of its own)"
     ),
-    "running": (
-        "running batch-norm statistics: each query is classified from the support set "
-        "alone, whatever else --query holds"
-    ),
+    "per_query": f"batch norm over the support set plus one query at a time: {ALONE}",
+    "running_stats": f"batch norm with running statistics from training: {ALONE}",
+    "per_step_stats": f"batch norm with MAML++'s running statistics per inner step: {ALONE}",
 }
 
 SUPPORT_LAYOUT = "one sub-folder per class, each holding that class's images"
@@ -112,10 +113,10 @@ def read_query(folder: Path) -> tuple[list[str], torch.Tensor]:
 
 
 def predict(
-    model_dir: Path, support: Path, query: Path
-) -> tuple[list[str], list[str], torch.Tensor, BatchNormMode]:
-    """(query file names, class names, (queries, classes) softmax scores, the model's
-    batch-norm regime)."""
+    model_dir: Path, support: Path, query: Path, batchnorm: str | None = None
+) -> tuple[list[str], list[str], torch.Tensor, BatchNormRegime]:
+    """(query file names, class names, (queries, classes) softmax scores, the batch-norm
+    regime used: `batchnorm`, by default the one the model was evaluated with)."""
     import torch
 
     from hypermeta.engine.classification import load_trained
@@ -151,7 +152,12 @@ def predict(
         query_y=torch.zeros(1, len(query_names), dtype=torch.long),  # never read at test
         n_way=len(class_names),
     )
-    batchnorm = saved["experiment"]["eval"]["batchnorm"]
+    if batchnorm is None:
+        batchnorm = saved["experiment"]["eval"]["batchnorm"]
+        where = f"the eval.batchnorm {model_dir} was evaluated with (--batchnorm overrides it)"
+    else:
+        where = "--batchnorm"
+    learner.check_batchnorm(batchnorm, where)
     logits = episode_logits(learner, episodes, batchnorm)
     return query_names, class_names, logits[0].softmax(-1), batchnorm
 
@@ -171,7 +177,9 @@ def write_predictions(
 
 
 def _predict_command(args: argparse.Namespace) -> None:
-    query_names, class_names, scores, batchnorm = predict(args.model, args.support, args.query)
+    query_names, class_names, scores, batchnorm = predict(
+        args.model, args.support, args.query, args.batchnorm
+    )
     write_predictions(args.out, query_names, class_names, scores)
     print(f"wrote {len(query_names)} predictions over {len(class_names)} classes to {args.out}")
     print(f"the model uses {BATCHNORM_NOTES[batchnorm]}.")
@@ -184,7 +192,8 @@ def setup(parser: argparse.ArgumentParser) -> None:
         help="classify query images given a support set",
         description="Classify query images given a support set, as the evaluator does. "
         "Images may be dark on light or light on dark, in any contrast: each is normalised "
-        "as the training data. Batch norm works as the model was evaluated: with "
+        "as the training data. Batch norm works as the model was evaluated unless "
+        "--batchnorm names another regime it supports: with "
         + "; with ".join(BATCHNORM_NOTES.values())
         + ".",
     )
@@ -192,6 +201,11 @@ def setup(parser: argparse.ArgumentParser) -> None:
     sub.add_argument("--support", type=Path, required=True, help="one sub-folder per class")
     sub.add_argument("--query", type=Path, required=True, help="folder of images to classify")
     sub.add_argument("--out", type=Path, required=True, help="CSV file to write")
+    sub.add_argument(
+        "--batchnorm",
+        choices=list(BATCHNORM_NOTES),
+        help="batch-norm regime at meta-test; default: the one the model was evaluated with",
+    )
     sub.set_defaults(handler=_predict_command)
 
 

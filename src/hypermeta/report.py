@@ -17,6 +17,7 @@ from hypermeta.atomic import write_text
 from hypermeta.config import Experiment, Params, Reference, resolve
 from hypermeta.engine import get_engine
 from hypermeta.errors import HypermetaError
+from hypermeta.methods.fewshot_base import BATCHNORM_REGIMES
 from hypermeta.plots import get_plotter
 from hypermeta.stages import child_run, read_manifest, stage_context
 from hypermeta.tracking import git_commit
@@ -95,6 +96,26 @@ def data_note(exp: Experiment, manifest: dict[str, Any] | None) -> str:
     return "; ".join([*parts, f"profile {exp.profile}"])
 
 
+def batchnorm_of(metric: str, record: dict[str, Any]) -> str | None:
+    """The batch-norm regime a few-shot number was measured in: the one its key ends in
+    (`eval.also_batchnorm`), else the record's `meta_test_batchnorm`; None for others."""
+    if "meta_test_batchnorm" not in record:
+        return None
+    suffixed = (r for r in BATCHNORM_REGIMES if metric.removesuffix("_ci95").endswith(f"_{r}"))
+    return next(suffixed, record["meta_test_batchnorm"])
+
+
+def batchnorm_note(record: dict[str, Any]) -> str:
+    """The regimes of a few-shot record's numbers, in words; "" for other records."""
+    if "meta_test_batchnorm" not in record:
+        return ""
+    primary = record["meta_test_batchnorm"]
+    parts = [f"Batch norm at meta-test: {primary} ({BATCHNORM_REGIMES[primary]})"]
+    others = {batchnorm_of(metric, record) for metric in record} - {primary, None}
+    parts += [f"metrics ending _{r}: {r} ({BATCHNORM_REGIMES[r]})" for r in sorted(others)]
+    return "; ".join(parts) + "."
+
+
 def read_metrics(experiment: str) -> dict[str, Any]:
     path = METRICS / experiment / "metrics.json"
     if not path.exists():
@@ -109,13 +130,17 @@ def summary_rows(
     data: dict[str, str],
 ) -> list[tuple[str, str, str, str, str]]:
     """One row per published number: the experiment, the metric, ours, the paper's, and
-    the data ours comes from (`data`, by experiment)."""
+    the data ours comes from (`data`, by experiment), with a few-shot number's batch-norm
+    regime."""
     rows = []
     for exp in experiments:
         refs = references.get(exp.name, [])
-        for metric, ours, paper in result_rows(results[exp.name], refs, exp.dataset):
+        record = results[exp.name]
+        for metric, ours, paper in result_rows(record, refs, exp.dataset):
             if paper:
-                rows.append((exp.name, metric, ours, paper, data[exp.name]))
+                regime = batchnorm_of(metric, record)
+                note = data[exp.name] + (f"; batch norm {regime}" if regime else "")
+                rows.append((exp.name, metric, ours, paper, note))
     return rows
 
 
@@ -210,9 +235,10 @@ def write_report(params: Params, staging: Path) -> None:
         rows = result_rows(metrics, params.references.get(exp.name, []), exp.dataset)
         header = ["metric", "ours", "paper"]
         title = f"{exp.name}: {exp.method} on {exp.dataset}"
-        md += [f"## {title}", "", f"Data: {data[exp.name]}.", "", _markdown_table(header, rows), ""]
+        note = " ".join(filter(None, [f"Data: {data[exp.name]}.", batchnorm_note(metrics)]))
+        md += [f"## {title}", "", note, "", _markdown_table(header, rows), ""]
         body += [
-            f"<h2>{html.escape(title)}</h2><p>Data: {html.escape(data[exp.name])}.</p>",
+            f"<h2>{html.escape(title)}</h2><p>{html.escape(note)}</p>",
             _html_table(header, rows),
         ]
         for png in sorted((PLOTS / exp.name).glob("*.png")):

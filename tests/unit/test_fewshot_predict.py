@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+from typing import get_args
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from hypermeta.engine.classification import load_trained
 from hypermeta.engine.fewshot import FewShotEngine, check_ways, episode_logits, split_sampler
 from hypermeta.errors import HypermetaError
 from hypermeta.fewshot_cli import BATCHNORM_NOTES
+from hypermeta.methods.fewshot_base import BATCHNORM_REGIMES, BatchNormRegime
 from hypermeta.methods.protonet import PrototypicalNetwork
 
 # The methods `predict` is checked with: the reference learner and a gradient learner
@@ -96,7 +98,10 @@ def predict_csv(model_dir, folders, out) -> list[dict[str, str]]:
 
 
 @with_trained(
-    PROTONET_TRANSDUCTIVE, ("protonet", "running"), ("maml", "transductive"), ("maml", "running")
+    PROTONET_TRANSDUCTIVE,
+    ("protonet", "running_stats"),
+    ("maml", "transductive"),
+    ("maml", "per_query"),
 )
 def test_predict_gives_the_evaluators_answers_on_the_same_episode(trained, tmp_path):
     ctx = trained
@@ -125,9 +130,12 @@ def test_predict_gives_the_evaluators_answers_on_the_same_episode(trained, tmp_p
 
 
 @with_trained(
-    PROTONET_TRANSDUCTIVE, ("protonet", "running"), ("maml", "transductive"), ("maml", "running")
+    PROTONET_TRANSDUCTIVE,
+    ("protonet", "running_stats"),
+    ("maml", "transductive"),
+    ("maml", "per_query"),
 )
-def test_a_query_scores_alone_as_among_others_exactly_when_batch_norm_is_running(
+def test_a_query_scores_alone_as_among_others_exactly_when_batch_norm_is_not_transductive(
     trained, tmp_path, capsys
 ):
     raw = drawings_of(trained)
@@ -141,10 +149,32 @@ def test_a_query_scores_alone_as_among_others_exactly_when_batch_norm_is_running
     assert alone[0]["query"] == among[0]["query"] == names[0]
     scores = [torch.tensor([float(v) for k, v in row.items() if k.startswith("score_")])
               for row in (alone[0], among[0])]  # fmt: skip
-    if batchnorm == "running":
+    if batchnorm != "transductive":
         assert_close_reordered(scores[0], scores[1])
     else:  # what the note says: the other queries moved this one's scores
         assert (scores[0] - scores[1]).abs().max() > 1e-3
+
+
+@with_trained(("maml", "transductive"))
+def test_the_batchnorm_option_predicts_in_another_regime_the_model_supports(
+    trained, tmp_path, capsys
+):
+    raw = drawings_of(trained)
+    folders, names = write_folders(tmp_path, raw, k_shot=1, queries=2)
+    per_query = [*folders, "--batchnorm", "per_query"]
+    among = predict_csv(trained.model_dir, per_query, tmp_path / "all.csv")
+    assert capsys.readouterr().out.endswith(f"the model uses {BATCHNORM_NOTES['per_query']}.\n")
+    for name in names[1:]:
+        (tmp_path / "query" / name).unlink()
+    alone = predict_csv(trained.model_dir, per_query, tmp_path / "one.csv")
+    assert alone[0] == among[0]  # a query's scores are its own, to the printed digit
+    argv = ["fewshot", "predict", "--model", str(trained.model_dir), *folders,
+            "--out", str(tmp_path / "p.csv"), "--batchnorm", "running_stats"]  # fmt: skip
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        "hypermeta: error: --batchnorm is 'running_stats', which MAML does not support; "
+        "use one of transductive, per_query.\n"
+    )
 
 
 def test_predict_help_states_what_each_batch_norm_regime_means(capsys):
@@ -152,6 +182,8 @@ def test_predict_help_states_what_each_batch_norm_regime_means(capsys):
         main(["fewshot", "predict", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert all(note in text for note in BATCHNORM_NOTES.values())
+    # a meaning and a note for every regime the schema accepts
+    assert list(BATCHNORM_NOTES) == list(BATCHNORM_REGIMES) == list(get_args(BatchNormRegime))
 
 
 @with_trained(PROTONET_TRANSDUCTIVE)

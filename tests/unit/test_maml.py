@@ -1,63 +1,35 @@
-"""Gradient-based meta-learners (MAML, FOMAML, MAML++, Meta-SGD, Reptile) and the sine
-regression engine: meta-gradients against independent references, learning on toy tasks."""
+"""MAML and FOMAML: meta-gradients against independent references; every gradient
+learner (MAML, FOMAML, MAML++, Meta-SGD, Reptile) learning toy tasks, and meta-testing
+per query; the sine regression engine."""
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
+from maml_helpers import (
+    IMAGES,
+    REGRESSION,
+    build,
+    flat_grad,
+    others_changed,
+    prototype_episodes,
+    sine_like_episodes,
+)
 from tolerance import assert_close_reordered
 from torch import nn
 from unit.helpers import untimed
 
 from hypermeta.atomic import write_json
-from hypermeta.config import SplitConfig, validate_section
+from hypermeta.config import SplitConfig
 from hypermeta.data.prepare import prepare
 from hypermeta.engine import StageContext, get_engine
 from hypermeta.errors import HypermetaError
-from hypermeta.methods import get_method
 from hypermeta.methods.fewshot_base import Episodes
 from hypermeta.nn.batch_stat_norm import BatchStatNorm
 from hypermeta.plots import get_plotter
 from hypermeta.tracking import NullTracker
 
 torch.set_num_threads(1)
-REGRESSION = {"task": "regression", "input_dim": 1, "output_dim": 1}
-
-
-def build(name: str, data_info: dict, **model) -> nn.Module:
-    spec = get_method(name)
-    return spec.build(validate_section(spec.model_config, model, "model"), data_info)
-
-
-def prototype_episodes(
-    generator: torch.Generator, tasks: int, n_way: int, k_shot: int, n_query: int, side: int = 16
-) -> Episodes:
-    """Each task: N random prototype images; examples are prototypes plus noise. Solvable
-    only by adapting to the support set (classes are fresh in every task)."""
-    protos = torch.randn(tasks, n_way, 1, 1, side, side, generator=generator)
-
-    def draw(per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
-        noise = torch.randn(tasks, n_way, per_class, 1, side, side, generator=generator)
-        x = (protos.expand(-1, -1, per_class, -1, -1, -1) + 0.5 * noise).flatten(1, 2)
-        return x, torch.arange(n_way).repeat_interleave(per_class).repeat(tasks, 1)
-
-    support_x, support_y = draw(k_shot)
-    query_x, query_y = draw(n_query)
-    return Episodes(support_x, support_y, query_x, query_y, n_way)
-
-
-def sine_like_episodes(generator: torch.Generator, tasks: int = 3) -> Episodes:
-    x = torch.rand(tasks, 6, 1, generator=generator, dtype=torch.float64) * 10 - 5
-    amplitude = torch.rand(tasks, 1, 1, generator=generator, dtype=torch.float64) * 4 + 1
-    y = amplitude * torch.sin(x)
-    return Episodes(x[:, :3], y[:, :3], x[:, 3:], y[:, 3:], n_way=0)
-
-
-def flat_grad(model: nn.Module, loss: torch.Tensor) -> torch.Tensor:
-    grads = torch.autograd.grad(loss, list(model.parameters()))
-    return torch.cat([g.flatten() for g in grads])
 
 
 @pytest.mark.parametrize("vectorize", [True, False])
@@ -68,7 +40,7 @@ def test_maml_meta_gradient_matches_central_finite_differences(vectorize):
     model = (
         build(
             "maml",
-            {"image_shape": [1, 16, 16]},
+            IMAGES,
             n_way=3,
             width=3,
             inner_steps=2,
@@ -159,79 +131,30 @@ def test_maml_and_fomaml_against_the_one_step_meta_gradient_formula():
     assert (maml_grad - fomaml_grad).norm() > 1e-3 * maml_grad.norm()
 
 
-def test_vmapped_and_per_task_inner_loops_agree():
-    """Logits and MAML++'s per-step running statistics, tracked from the same start."""
-    model = build(
-        "mamlpp", {"image_shape": [1, 16, 16]}, n_way=3, width=4, inner_steps=2, vectorize=True
-    )
-    episodes = prototype_episodes(torch.Generator().manual_seed(0), 3, 3, 1, 2)
-    initial = copy.deepcopy(model.state_dict())
-    model.train()
-    vectorized = model.query_logits(episodes)
-    vectorized_statistics = copy.deepcopy(model.running_statistics.state_dict())
-    model.load_state_dict(initial)
-    model.config = model.config.model_copy(update={"vectorize": False})
-    looped = model.query_logits(episodes)
-    assert_close_reordered(vectorized, looped)
-    for name, value in model.running_statistics.state_dict().items():
-        assert_close_reordered(vectorized_statistics[name], value)
-        assert not torch.equal(value, initial[f"running_statistics.{name}"]), name
-
-
-def test_chunked_meta_step_takes_the_same_step_as_the_whole_batch():
-    episodes = prototype_episodes(torch.Generator().manual_seed(0), 4, 3, 1, 2)
-    updated = []
-    for chunk in (None, 1, 3):
-        torch.manual_seed(0)
-        model = build("maml", {"image_shape": [1, 16, 16]}, n_way=3, width=4, task_chunk=chunk)
-        model.meta_step(episodes, torch.optim.SGD(model.parameters(), lr=1.0))
-        updated.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
-    assert_close_reordered(updated[1], updated[0])
-    assert_close_reordered(updated[2], updated[0])
-
-
-@pytest.mark.parametrize("name", ["maml", "metasgd", "reptile"])
-def test_task_workers_take_the_loops_step_and_give_its_predictions(name):
-    """Tasks on 2 or 3 threads (5 tasks: uneven runs) step and predict as one loop does."""
-    episodes = prototype_episodes(torch.Generator().manual_seed(0), 5, 3, 1, 2)
-    updated, predicted = [], []
-    for workers in (1, 2, 3):
-        torch.manual_seed(0)
-        model = build(name, {"image_shape": [1, 16, 16]}, n_way=3, width=4, task_workers=workers)
-        assert [len(part) for part in model.task_parts(5)] == {1: [5], 2: [2, 3], 3: [2, 1, 2]}[
-            workers
-        ]
-        model.meta_step(episodes, torch.optim.SGD(model.parameters(), lr=1.0))
-        updated.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
-        with model.meta_test("running"):
-            predicted.append(model.test_logits(episodes))
-        assert torch.get_num_threads() == 1  # the caller's intra-op threads are restored
-    for workers in (1, 2):
-        assert_close_reordered(updated[workers], updated[0])
-        assert_close_reordered(predicted[workers], predicted[0])
-    with torch.no_grad():  # the caller's grad mode reaches the worker threads
-        assert (
-            model.in_task_workers(lambda _: torch.is_grad_enabled(), [range(2)] * 3) == [False] * 3
-        )
-
-
-def test_non_transductive_meta_test_keeps_queries_independent_and_transductive_does_not():
-    model = build("maml", {"image_shape": [1, 16, 16]}, n_way=3, width=4)
+@pytest.mark.parametrize("name", ["maml", "mamlpp"])
+def test_per_query_meta_test_keeps_queries_independent_and_transductive_does_not(name):
+    model = build(name, IMAGES, n_way=3, width=4)
     assert any(isinstance(m, BatchStatNorm) for m in model.modules())
     episodes = prototype_episodes(torch.Generator().manual_seed(0), 2, 3, 1, 2)
-    others_changed = episodes.query_x.clone()
-    others_changed[:, 1:] = torch.randn_like(others_changed[:, 1:]) * 3
-    changed = Episodes(episodes.support_x, episodes.support_y, others_changed, episodes.query_y, 3)
-    with torch.no_grad(), model.meta_test("running"):
+    changed = others_changed(episodes)
+    with torch.no_grad(), model.meta_test("per_query"):
         first = model.query_logits(episodes)[:, 0]
         assert_close_reordered(model.query_logits(changed)[:, 0], first)
     with torch.no_grad(), model.meta_test("transductive"):
         assert not torch.allclose(model.query_logits(changed)[:, 0], first, atol=1e-3)
-    assert model.training and model.transductive  # modes restored
+    assert model.training and model.batchnorm == "transductive"  # modes restored
+
+
+@pytest.mark.parametrize("regime", ["running_stats", "running"])
+def test_a_regime_the_learner_does_not_implement_is_one_clear_sentence(regime):
+    model = build("maml", IMAGES, n_way=3, width=4)
+    expected = "use one of transductive, per_query" if regime != "running" else "write running"
+    with pytest.raises(HypermetaError, match=expected), model.meta_test(regime):
+        pass
 
 
 def test_fewer_ways_use_the_first_head_columns_and_more_is_one_clear_error():
-    model = build("maml", {"image_shape": [1, 16, 16]}, n_way=3, width=4)
+    model = build("maml", IMAGES, n_way=3, width=4)
     assert model.max_way == 3
     two_way = prototype_episodes(torch.Generator().manual_seed(0), 2, 2, 1, 2)
     assert model.query_logits(two_way).shape == (2, 4, 2)
@@ -255,7 +178,7 @@ def test_each_learner_learns_a_few_shot_task_far_above_chance(name, outer):
     tasks; a broken update stays near chance."""
     iterations = 50
     torch.manual_seed(0)
-    model = build(name, {"image_shape": [1, 16, 16]}, n_way=5, width=8, inner_steps=2, inner_lr=0.4)
+    model = build(name, IMAGES, n_way=5, width=8, inner_steps=2, inner_lr=0.4)
     kind, lr = outer
     optimizer = (torch.optim.Adam if kind == "adam" else torch.optim.SGD)(model.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(0)
@@ -268,89 +191,6 @@ def test_each_learner_learns_a_few_shot_task_far_above_chance(name, outer):
     with torch.no_grad():
         accuracy = (model.query_logits(test).argmax(-1) == test.query_y).float().mean().item()
     assert accuracy >= 0.6
-
-
-def test_mamlpp_anneals_multi_step_loss_and_derivative_order():
-    model = build(
-        "mamlpp", REGRESSION, inner_steps=4, multi_step_loss_fraction=0.5, first_order_fraction=0.25
-    )
-    model.train()
-    model.on_iteration(0, 100)
-    torch.testing.assert_close(model.step_loss_weights(), torch.full((4,), 0.25))
-    assert not model.second_order()
-    model.on_iteration(25, 100)
-    weights = model.step_loss_weights()
-    assert weights.sum().item() == pytest.approx(1.0)
-    assert weights[0].item() == pytest.approx(0.125) and weights[-1] > 0.6
-    assert model.second_order()
-    model.on_iteration(60, 100)
-    torch.testing.assert_close(model.step_loss_weights(), torch.tensor([0.0, 0.0, 0.0, 1.0]))
-
-
-def test_mamlpp_per_step_parameters_get_gradients_and_drift_apart():
-    """Per-step inner lrs (LSLR), batch-norm weights (BNWB) and running statistics (BNRS)
-    start equal across steps; second order, every step's entries get a gradient, and a
-    few meta-steps (multi-step loss on: queries predicted after every step) leave each
-    step with its own values."""
-    torch.manual_seed(0)
-    model = build(
-        "mamlpp", {"image_shape": [1, 16, 16]}, n_way=3, width=4, inner_steps=3,
-        first_order_fraction=0.0,
-    )  # fmt: skip
-    model.train()
-    model.on_iteration(0, 100)
-    generator = torch.Generator().manual_seed(0)
-    model.loss(prototype_episodes(generator, 3, 3, 1, 2))[0].backward()
-    assert model.second_order()
-    assert (model.inner_lrs.grad != 0).all()  # every (parameter tensor, step) entry
-    for table in model.per_step_norm:
-        assert (table.grad.flatten(1).abs().sum(1) > 0).all()  # every step's row
-
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    for _ in range(3):
-        model.meta_step(prototype_episodes(generator, 3, 3, 1, 2), optimizer)
-    for step in range(1, 3):
-        assert not torch.allclose(model.inner_lrs[:, 0], model.inner_lrs[:, step])
-        for table in model.per_step_norm:
-            assert not torch.allclose(table[0], table[step])
-        for running in model.running_statistics:
-            assert not torch.allclose(running.mean[0], running.mean[step])
-            assert not torch.allclose(running.var[0], running.var[step])
-    for running in model.running_statistics:  # every row moved from its start
-        assert (running.mean != 0).any(1).all() and (running.var != 1).any(1).all()
-
-
-def test_mamlpp_running_meta_test_normalises_queries_with_the_last_steps_statistics():
-    """Queries after 2 steps use row 1; the support set keeps its own batch statistics,
-    so row 0 (its step's) plays no part; transductive uses none of them."""
-    torch.manual_seed(0)
-    model = build("mamlpp", {"image_shape": [1, 16, 16]}, n_way=3, width=4, inner_steps=2)
-    generator = torch.Generator().manual_seed(0)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    model.train()
-    for _ in range(3):
-        model.meta_step(prototype_episodes(generator, 3, 3, 1, 2), optimizer)
-    episodes = prototype_episodes(generator, 2, 3, 1, 2)
-    others_changed = episodes.query_x.clone()
-    others_changed[:, 1:] = torch.randn_like(others_changed[:, 1:]) * 3
-    changed = Episodes(episodes.support_x, episodes.support_y, others_changed, episodes.query_y, 3)
-    with model.meta_test("running"):
-        running = model.test_logits(episodes)
-        # each query on its own: the other queries do not move its answer
-        assert_close_reordered(model.test_logits(changed)[:, 0], running[:, 0])
-    with model.meta_test("transductive"):
-        transductive = model.test_logits(episodes)
-    assert not torch.allclose(running, transductive, atol=1e-3)
-    with torch.no_grad():
-        model.running_statistics[0].var[0].mul_(4)
-    with model.meta_test("running"):
-        torch.testing.assert_close(model.test_logits(episodes), running)
-    with torch.no_grad():
-        model.running_statistics[0].var[1].mul_(4)
-    with model.meta_test("running"):
-        assert not torch.allclose(model.test_logits(episodes), running, atol=1e-3)
-    with model.meta_test("transductive"):
-        torch.testing.assert_close(model.test_logits(episodes), transductive)
 
 
 def sine_context(tmp_path, method: str, **train) -> StageContext:

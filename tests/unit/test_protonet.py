@@ -7,14 +7,17 @@ import json
 
 import pytest
 import torch
+from conftest import ROOT
 from fewshot_helpers import fewshot_experiment, prepared_omniglot_small, stage_context
 from tolerance import assert_close_reordered
 from torch import nn
 from unit.helpers import untimed
 
+from hypermeta.config import load_params, resolve
 from hypermeta.data.episodes import EpisodeSampler, EpisodeSetting
-from hypermeta.engine.fewshot import FewShotEngine, episode_accuracies
+from hypermeta.engine.fewshot import FewShotEngine, check_regimes, episode_accuracies
 from hypermeta.errors import HypermetaError
+from hypermeta.methods import get_method
 from hypermeta.methods.fewshot_base import Episodes
 from hypermeta.methods.protonet import PrototypicalNetwork, prototypes
 from hypermeta.nn.conv4 import Conv4
@@ -52,7 +55,7 @@ def test_transductive_meta_test_uses_batch_statistics_and_leaves_running_ones():
     with learner.meta_test("transductive"):
         transductive = learner.test_logits(episodes)
         assert not learner.training and norm.training
-    with learner.meta_test("running"):
+    with learner.meta_test("running_stats"):
         running = learner.test_logits(episodes)
         assert not norm.training
     for key, value in learner.state_dict().items():
@@ -77,13 +80,13 @@ def test_evaluation_encoding_each_image_once_equals_encoding_per_episode():
     index = sampler.fixed_episodes(setting, 8, seed=0)
     with learner.meta_test("transductive"):
         assert learner.image_encoder() is None  # batch statistics: per episode only
-    with learner.meta_test("running"):
+    with learner.meta_test("running_stats"):
         per_episode = learner.test_logits(sampler.gather(setting, index))
         features = sampler.encoded(learner.image_encoder())
         once = learner.feature_logits(features.gather(setting, index))
     assert_close_reordered(once, per_episode)
     expected = (per_episode.argmax(-1) == sampler.gather(setting, index).query_y).float().mean(1)
-    accuracies = episode_accuracies(learner, sampler, setting, index, "running", 3, amp=False)
+    accuracies = episode_accuracies(learner, sampler, setting, index, "running_stats", 3, amp=False)
     assert torch.equal(accuracies, expected)
 
 
@@ -100,7 +103,7 @@ def test_protonet_learns_omniglot_small_five_way_one_shot(tmp_path, data_dir):
             "model": {"hidden": 32},
             "train": {"n_way": 20, "k_shot": 1, "query": 5, "meta_batch": 1,
                       "iterations": 100, "val_every": 50, "val_episodes": 20, "device": "cpu"},
-            "eval": {"batchnorm": "running", "also_batchnorm": ["transductive"],
+            "eval": {"batchnorm": "running_stats", "also_batchnorm": ["transductive"],
                      "settings": [{"n_way": 5, "k_shot": 1}], "episodes": 100},
         }
     )  # fmt: skip
@@ -109,7 +112,7 @@ def test_protonet_learns_omniglot_small_five_way_one_shot(tmp_path, data_dir):
     history = json.loads(ctx.history_path.read_text())
     assert [row["iteration"] for row in history] == [50, 100]
     metrics = engine.evaluate(ctx)
-    assert metrics["meta_test_batchnorm_transductive"] == 0.0
+    assert metrics["meta_test_batchnorm"] == "running_stats"  # the unsuffixed metrics' regime
     # chance is 20%; a broken pipeline or prototype rule stays near it
     assert metrics["accuracy_5way_1shot"] >= 0.75, metrics
     assert 0 < metrics["accuracy_5way_1shot_ci95"] < 0.05
@@ -119,15 +122,49 @@ def test_protonet_learns_omniglot_small_five_way_one_shot(tmp_path, data_dir):
     paths = FewShotPlotter().visualize(ctx)
     assert [p.name for p in paths] == ["curves.png", "episode.png", "data_split.txt"]
     split_note = paths[2].read_text()
-    assert "by alphabet" in split_note and "batch norm at meta-test: running" in split_note
+    assert "by alphabet" in split_note and "batch norm at meta-test: running_stats" in split_note
     assert "also transductive on the same episodes (metrics ending _transductive)" in split_note
 
 
 def test_an_extra_batchnorm_regime_may_not_repeat_one_already_evaluated():
     with pytest.raises(HypermetaError, match="also_batchnorm repeats a regime"):
         fewshot_experiment(
-            {"method": "protonet", "eval": {"batchnorm": "running", "also_batchnorm": ["running"]}}
+            {
+                "method": "protonet",
+                "eval": {"batchnorm": "transductive", "also_batchnorm": ["transductive"]},
+            }
         )
+
+
+def test_a_retired_regime_name_fails_validation_saying_what_replaced_it():
+    for key, value in (("batchnorm", "running"), ("also_batchnorm", ["running"])):
+        with pytest.raises(HypermetaError) as error:
+            fewshot_experiment(
+                {"method": "protonet", "eval": {"batchnorm": "transductive", key: value}}
+            )
+        where = "batchnorm" if key == "batchnorm" else "also_batchnorm.0"
+        assert str(error.value) == (
+            f"params.yaml: experiments.fsl.eval.{where}: 'running' is no longer a batch-norm "
+            "regime; write running_stats for ProtoNet's running statistics, per_query for "
+            "MAML, FOMAML, Meta-SGD and Reptile (the support set plus one query), or "
+            "per_step_stats for MAML++'s per-step statistics (got 'running')."
+        )
+
+
+def test_the_engine_refuses_a_regime_the_learner_does_not_implement(tmp_path, data_dir):
+    exp = fewshot_experiment(
+        {"method": "protonet", "model": {"hidden": 8},
+         "train": {"n_way": 5, "iterations": 1, "device": "cpu"},
+         "eval": {"batchnorm": "transductive", "also_batchnorm": ["per_query"]}}
+    )  # fmt: skip
+    ctx = stage_context(exp, data_dir, tmp_path)
+    with pytest.raises(HypermetaError) as error:
+        FewShotEngine().train(ctx)
+    assert str(error.value) == (
+        "experiments.fsl.eval.also_batchnorm.0 is 'per_query', which PrototypicalNetwork "
+        "does not support; use one of transductive, running_stats."
+    )
+    assert not ctx.model_dir.exists()  # refused before any training
 
 
 def test_interrupted_training_resumes_exactly(tmp_path, data_dir, monkeypatch):
@@ -138,7 +175,7 @@ def test_interrupted_training_resumes_exactly(tmp_path, data_dir, monkeypatch):
             "model": {"hidden": 8},
             "train": {"n_way": 5, "query": 2, "meta_batch": 2, "iterations": 6,
                       "val_every": 3, "val_episodes": 2, "device": "cpu"},
-            "eval": {"batchnorm": "running"},
+            "eval": {"batchnorm": "running_stats"},
         }
     )  # fmt: skip
     engine = FewShotEngine()
@@ -161,3 +198,14 @@ def test_interrupted_training_resumes_exactly(tmp_path, data_dir, monkeypatch):
     for key, value in reference["state_dict"].items():
         assert torch.equal(final["state_dict"][key], value), key
     assert untimed(final["history"]) == untimed(reference["history"])
+
+
+def test_every_few_shot_experiment_names_regimes_its_learner_implements():
+    """params.yaml in every profile: what the engine would otherwise refuse at train."""
+    params = load_params(ROOT / "params.yaml")
+    for name in params.experiments:
+        for profile in params.profiles:
+            exp = resolve(params, name, profile)
+            if exp.kind == "fewshot":
+                learner = get_method(exp.method).build(exp.model, {"image_shape": [1, 28, 28]})
+                check_regimes(learner, exp.eval, f"experiments.{name}.eval")

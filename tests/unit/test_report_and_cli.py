@@ -11,6 +11,7 @@ from hypermeta.atomic import write_json
 from hypermeta.cli import main
 from hypermeta.config import Reference, load_params
 from hypermeta.errors import HypermetaError
+from hypermeta.methods.fewshot_base import BATCHNORM_REGIMES
 from hypermeta.report import build_report, format_metric, result_rows
 
 
@@ -143,6 +144,38 @@ def test_report_says_which_data_split_and_slice_each_number_comes_from(tmp_path,
         f"| cnn | test_error | 10.00% | 0.72% (Ha on mnist, not fashion_mnist) | {note} |" in page
     )
     assert f"Data: {note}." in page.split("## cnn: cnn on fashion_mnist")[1]
+
+
+def test_report_names_the_batch_norm_regime_of_every_few_shot_number(tmp_path, monkeypatch):
+    params = copy.deepcopy(BASE_PARAMS)
+    params["data"]["datasets"] = {"quick": ["omniglot"], "paper": ["omniglot"]}
+    regimes = {"batchnorm": "per_query", "also_batchnorm": ["transductive"]}
+    params["experiments"] = {"fsl": {"method": "reptile", "dataset": "omniglot", "eval": regimes}}
+    params["references"] = {
+        "fsl": [
+            {"metric": m, "value": 0.95, "dataset": "omniglot", "source": "Nichol"}
+            for m in ("accuracy_5way_1shot", "accuracy_5way_1shot_transductive")
+        ]
+    }
+    monkeypatch.chdir(tmp_path)
+    metrics = {"meta_test_batchnorm": "per_query", "accuracy_5way_1shot": 0.9,
+               "accuracy_5way_1shot_ci95": 0.01, "accuracy_5way_1shot_transductive": 0.96,
+               "accuracy_5way_1shot_transductive_ci95": 0.01}  # fmt: skip
+    write_json(Path("metrics/fsl/metrics.json"), metrics)
+    page = (build_report(load(tmp_path, params), Path("reports")) / "report.md").read_text()
+    summary = page.split("## Ours beside the papers")[1].split("##")[0]
+    data = "omniglot (not prepared); profile quick"
+    assert (
+        f"| accuracy_5way_1shot | 90.00% ± 1.00% | 95.00% (Nichol) | {data}; batch norm per_query |"
+        in summary
+    )
+    assert f"| 95.00% (Nichol) | {data}; batch norm transductive |" in summary
+    section = page.split("## fsl: reptile on omniglot")[1]
+    assert (
+        f"Data: {data}. Batch norm at meta-test: per_query ({BATCHNORM_REGIMES['per_query']}); "
+        f"metrics ending _transductive: transductive ({BATCHNORM_REGIMES['transductive']})."
+        in section
+    )
 
 
 def continual_metrics(accuracy: float, transfer: float) -> dict:

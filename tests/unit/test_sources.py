@@ -34,9 +34,12 @@ def test_visualize_runs_the_plots_and_the_report_runs_every_method_and_plot():
 
 
 def test_a_method_registered_through_a_helper_belongs_to_the_file_that_calls_it():
-    assert MODULES["reptile"] == "hypermeta.methods.reptile"  # via maml.register_learner
-    assert MODULES["maml_regression"] == MODULES["fomaml"] == "hypermeta.methods.maml"
-    assert "src/hypermeta/methods/maml.py" in files_of("train", "reptile")  # it imports maml
+    assert MODULES["reptile"] == "hypermeta.methods.reptile"  # via register_learner
+    assert MODULES["maml_regression"] == MODULES["maml"] == "hypermeta.methods.maml"
+    assert MODULES["fomaml_regression"] == "hypermeta.methods.fomaml"
+    shared = {f"src/hypermeta/methods/gradient/{name}.py" for name in ("learner", "tasks")}
+    assert shared <= files_of("train", "reptile")  # the machinery it imports
+    assert "src/hypermeta/methods/maml.py" in files_of("train", "fomaml")  # FOMAML is MAML's
 
 
 def test_the_closure_follows_every_import_but_not_registry_loops(tmp_path):

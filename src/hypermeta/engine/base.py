@@ -4,7 +4,8 @@ train     writes <model_dir>/model.pt and history.json (per-epoch records), keep
           resumable <model_dir>/checkpoint.pt as it goes;
 trained_model  the trained nn.Module from model.pt and how to call it: the train stage
           logs it as an MLflow model (`mlflow.pytorch.load_model("runs:/<run>/model")`);
-evaluate  returns flat numeric metrics (the stage writes metrics.json);
+evaluate  returns flat metrics (the stage writes metrics.json): numbers, and strings
+          naming how they were measured (e.g. the few-shot batch-norm regime);
           `compare_columns` (optional) names the metrics the report tabulates for a group.
 Its figures (the visualize stage, the report's comparisons) are hypermeta.plots'.
 """

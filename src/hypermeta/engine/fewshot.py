@@ -4,8 +4,10 @@ Any `FewShotLearner` plugs in (methods/fewshot_base.py says how): the engine sam
 seeded meta-batches, calls the learner's `meta_step`, validates on fixed episodes, keeps
 a resumable checkpoint, and evaluates on a fixed, seeded set of test episodes per
 setting (identical for every method), reporting accuracy mean ± 95% CI half width. How
-batch norm behaves at meta-test (`eval.batchnorm`) has no default: every experiment
-states it, and it is recorded with the results. `eval.also_batchnorm` evaluates the same
+batch norm behaves at meta-test (`eval.batchnorm`, a regime of
+fewshot_base.BATCHNORM_REGIMES that the learner lists in its `batchnorm_regimes`) has no
+default: every experiment states it, and the results record it (`meta_test_batchnorm`,
+and the MLflow param `eval.batchnorm`). `eval.also_batchnorm` evaluates the same
 trained model on the same episodes under further regimes (Reptile's paper reports both),
 their metrics suffixed with the regime (`accuracy_5way_1shot_transductive`), so the
 unsuffixed keys always mean `eval.batchnorm`.
@@ -16,10 +18,11 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from hypermeta.atomic import torch_save, write_json
 from hypermeta.config import StrictModel
@@ -31,7 +34,12 @@ from hypermeta.engine.checkpoint import Checkpointer
 from hypermeta.engine.classification import build_model, load_trained, standardization
 from hypermeta.engine.device import DeviceName, adam, autocast, resolve_device
 from hypermeta.errors import HypermetaError
-from hypermeta.methods.fewshot_base import BatchNormMode, Episodes, FewShotLearner
+from hypermeta.methods.fewshot_base import (
+    RETIRED_REGIMES,
+    BatchNormRegime,
+    Episodes,
+    FewShotLearner,
+)
 from hypermeta.progress import progress
 from hypermeta.stats import mean_interval
 
@@ -59,9 +67,19 @@ class EvalSetting(StrictModel):
     k_shot: int = Field(gt=0)
 
 
+def _not_retired(regime: Any) -> Any:
+    if isinstance(regime, str) and regime in RETIRED_REGIMES:
+        raise PydanticCustomError("retired_regime", RETIRED_REGIMES[regime])
+    return regime
+
+
+# A regime in params.yaml: one of BatchNormRegime; a retired name says what replaced it.
+Regime = Annotated[BatchNormRegime, BeforeValidator(_not_retired)]
+
+
 class FewShotEval(StrictModel):
-    batchnorm: BatchNormMode = Field(description="batch-norm statistics at meta-test")
-    also_batchnorm: list[BatchNormMode] = Field(
+    batchnorm: Regime = Field(description="batch-norm regime at meta-test (BATCHNORM_REGIMES)")
+    also_batchnorm: list[Regime] = Field(
         [], description="further regimes on the same episodes; metrics end in _<regime>"
     )
     settings: list[EvalSetting] = [
@@ -82,7 +100,7 @@ class FewShotEval(StrictModel):
             raise ValueError(f"also_batchnorm repeats a regime already evaluated: {regimes}")
         return self
 
-    def regimes(self) -> list[tuple[BatchNormMode, str]]:
+    def regimes(self) -> list[tuple[BatchNormRegime, str]]:
         """(batch-norm regime, metric-key suffix): the primary one unsuffixed."""
         return [(self.batchnorm, ""), *((mode, f"_{mode}") for mode in self.also_batchnorm)]
 
@@ -92,7 +110,7 @@ def split_sampler(data_dir: Path, split: str, info: dict, device: torch.device) 
 
 
 def episode_logits(
-    learner: FewShotLearner, episodes: Episodes, batchnorm: BatchNormMode, amp: bool = False
+    learner: FewShotLearner, episodes: Episodes, batchnorm: BatchNormRegime, amp: bool = False
 ) -> torch.Tensor:
     """(B, N·Q, N) float logits at meta-test: what `evaluate`, validation and `predict` use."""
     with learner.meta_test(batchnorm), autocast(episodes.query_x.device, amp):
@@ -100,7 +118,7 @@ def episode_logits(
 
 
 def encoded_split(
-    learner: FewShotLearner, sampler: EpisodeSampler, batchnorm: BatchNormMode, amp: bool
+    learner: FewShotLearner, sampler: EpisodeSampler, batchnorm: BatchNormRegime, amp: bool
 ) -> EpisodeSampler | None:
     """`sampler` over the learner's per-image features when, in this batch-norm regime,
     it has an `image_encoder` (every image encoded once, not once per episode); else None."""
@@ -114,7 +132,7 @@ def episode_accuracies(
     sampler: EpisodeSampler,
     setting: EpisodeSetting,
     index: EpisodeIndex,
-    batchnorm: BatchNormMode,
+    batchnorm: BatchNormRegime,
     chunk: int,
     amp: bool,
     features: EpisodeSampler | None = None,
@@ -140,6 +158,13 @@ def check_ways(learner: FewShotLearner, n_way: int, where: str, fix: str) -> Non
         raise HypermetaError(
             f"{where} is {n_way}, but this model takes at most {learner.max_way} classes; {fix}."
         )
+
+
+def check_regimes(learner: FewShotLearner, cfg: FewShotEval, where: str) -> None:
+    """Refuse, before any work, a batch-norm regime the learner does not implement."""
+    learner.check_batchnorm(cfg.batchnorm, f"{where}.batchnorm")
+    for index, regime in enumerate(cfg.also_batchnorm):
+        learner.check_batchnorm(regime, f"{where}.also_batchnorm.{index}")
 
 
 def lr_factor(cfg: FewShotTrain, iteration: int) -> float:
@@ -178,6 +203,7 @@ class FewShotEngine(Engine):
             f"experiments.{exp.name}.train.n_way",
             "make it agree with n_way in the model section",
         )
+        check_regimes(learner, exp.eval, f"experiments.{exp.name}.eval")
         optimizer = adam(learner.parameters(), cfg.lr, cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(cfg, i))
         checkpointer = Checkpointer(ctx.checkpoint_path, exp.params_hash)
@@ -260,7 +286,8 @@ class FewShotEngine(Engine):
     def trained_model(self, ctx: StageContext) -> tuple[torch.nn.Module, str]:
         learner, saved = load_trained(ctx.model_path)
         return learner, (
-            "with learner.meta_test('running' or 'transductive'): "
+            f"with learner.meta_test(regime), regime one of {learner.batchnorm_regimes} "
+            f"(evaluated: {saved['experiment']['eval']['batchnorm']!r}): "
             "learner.test_logits(Episodes(support_x, support_y, query_x, query_y, n_way)) "
             "→ (B, N·Q, N) query logits (hypermeta.methods.fewshot_base.Episodes); images "
             f"{standardization(saved['data_info'])}"
@@ -271,10 +298,11 @@ class FewShotEngine(Engine):
         cfg: FewShotEval = exp.eval
         device = resolve_device(exp.train.device, f"experiments.{exp.name}.train.device")
         learner, saved = load_trained(ctx.model_path)
+        check_regimes(learner, cfg, f"experiments.{exp.name}.eval")
         learner.to(device)
         sampler = split_sampler(ctx.data_dir, "test", saved["data_info"], device)
         metrics: dict[str, Any] = {
-            "meta_test_batchnorm_transductive": float(cfg.batchnorm == "transductive"),
+            "meta_test_batchnorm": cfg.batchnorm,  # the regime of the unsuffixed metrics
             "test_episodes": cfg.episodes,
             "test_classes": sampler.num_classes,
             "params_total": sum(p.numel() for p in learner.parameters()),

@@ -35,7 +35,8 @@ from hypermeta.engine.classification import build_model, load_trained
 from hypermeta.engine.device import DeviceName, adam, resolve_device
 from hypermeta.errors import HypermetaError
 from hypermeta.methods.fewshot_base import Episodes
-from hypermeta.methods.maml import MAML, GradientMetaLearner
+from hypermeta.methods.gradient.learner import GradientMetaLearner
+from hypermeta.methods.maml import MAML
 from hypermeta.nn import MLP
 from hypermeta.progress import progress
 from hypermeta.stats import mean_interval
@@ -80,7 +81,7 @@ def pretrained_baseline(data_info: dict[str, Any], learner: GradientMetaLearner)
 def finetuner(baseline: MLP, learner: GradientMetaLearner, lr: float | None) -> MAML:
     """The baseline adapted by plain SGD steps: MAML's inner loop with its own lr."""
     config = learner.config.model_copy(update={"inner_lr": lr or learner.config.inner_lr})
-    return MAML(baseline, config, "regression").eval()
+    return MAML(baseline, config, F.mse_loss).eval()
 
 
 def task_mse(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

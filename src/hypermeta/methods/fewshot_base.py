@@ -8,18 +8,31 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 
-# How batch norm normalises at meta-test (the `eval.batchnorm` parameter, recorded in every
-# result): "transductive" uses the statistics of each forward batch (MAML's and Reptile's
-# transductive setting: the episode's support and queries together); "running" uses the
-# running statistics accumulated during meta-training (each query classified on its own).
-# A learner needing another regime (e.g. Reptile's non-transductive one: the support set
-# plus one query per forward) adds its value here and handles it in `meta_test`.
-BatchNormMode = Literal["transductive", "running"]
+from hypermeta.errors import HypermetaError
+
+# How batch norm normalises at meta-test (`eval.batchnorm`, recorded with every result):
+# one name, one meaning. A learner lists those it implements in `batchnorm_regimes`.
+BatchNormRegime = Literal["transductive", "per_query", "running_stats", "per_step_stats"]
+BATCHNORM_REGIMES: dict[str, str] = {
+    "transductive": "the statistics of the batch being normalised: a task's queries "
+    "together, so a query's answer depends on the other queries",
+    "per_query": "each query with the support set plus itself alone (the non-transductive "
+    "protocol of learners without running statistics)",
+    "running_stats": "running statistics accumulated during meta-training, each query on its own",
+    "per_step_stats": "running statistics of the query batches per inner step, kept during "
+    "meta-training (MAML++), each query on its own",
+}
+# A retired name (it meant a different regime for each learner) → what to write instead.
+RETIRED_REGIMES = {
+    "running": "'running' is no longer a batch-norm regime; write running_stats for "
+    "ProtoNet's running statistics, per_query for MAML, FOMAML, Meta-SGD and Reptile (the "
+    "support set plus one query), or per_step_stats for MAML++'s per-step statistics",
+}
 
 
 @dataclass
@@ -60,11 +73,14 @@ class FewShotLearner(nn.Module, ABC):
     - Training: for each meta-batch the engine calls `on_iteration(i, total)` (schedules
       such as MAML++'s derivative-order annealing live there), then `meta_step`.
     - Evaluation, validation and `predict` call `test_logits` inside
-      `meta_test(batchnorm)`; queries' labels are never read there (`predict` passes
-      zeros).
+      `meta_test(batchnorm)`, `batchnorm` one of the learner's `batchnorm_regimes` (the
+      engine refuses others before training); queries' labels are never read there
+      (`predict` passes zeros).
     """
 
     max_way: int | None = None
+    # The batch-norm regimes `meta_test` implements: this default's, for nn.BatchNorm layers.
+    batchnorm_regimes: ClassVar[tuple[BatchNormRegime, ...]] = ("transductive", "running_stats")
 
     @abstractmethod
     def query_logits(self, episodes: Episodes) -> torch.Tensor:
@@ -97,12 +113,25 @@ class FewShotLearner(nn.Module, ABC):
         with torch.enable_grad():
             return self.query_logits(episodes).detach()
 
+    def check_batchnorm(self, regime: str, where: str = "the batch-norm regime") -> None:
+        """One sentence naming `where` and the supported regimes if this learner cannot
+        meta-test under `regime`."""
+        if regime in RETIRED_REGIMES:
+            raise HypermetaError(f"{where}: {RETIRED_REGIMES[regime]}.")
+        if regime not in self.batchnorm_regimes:
+            raise HypermetaError(
+                f"{where} is {regime!r}, which {type(self).__name__} does not support; use "
+                f"one of {', '.join(self.batchnorm_regimes)}."
+            )
+
     @contextmanager
-    def meta_test(self, batchnorm: BatchNormMode) -> Iterator[None]:
+    def meta_test(self, batchnorm: BatchNormRegime) -> Iterator[None]:
         """Evaluation mode with batch norm as `batchnorm` says; restores the modes after.
 
         "transductive" puts batch-norm layers in training mode without tracking, so they
-        normalise with the current batch's statistics and leave the running ones untouched."""
+        normalise with the current batch's statistics and leave the running ones untouched;
+        "running_stats" normalises with the running ones (eval mode)."""
+        self.check_batchnorm(batchnorm)
         was_training = self.training
         norms = [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         tracking = [m.track_running_stats for m in norms]

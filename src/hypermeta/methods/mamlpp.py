@@ -14,13 +14,14 @@
 - cosine annealing of the outer learning rate (CA): the engine's `train.lr_schedule: cosine`.
 
 Meta-training normalises with batch statistics, as every learner here. At meta-test,
-`eval.batchnorm: running` normalises the queries with the running statistics of the step
-they are predicted at (each query on its own, in one batched pass), and `transductive`
-with the query batch's. The support set keeps its own batch statistics in the inner loop
-in both: normalising it with fixed statistics also drops the gradient through them and
-changes the adaptation itself (on test_maml.py's 5-way toy tasks, a trained model fell
-from 98% to 24% when its support set was normalised with even its own exact statistics
-held fixed). Rows are kept per step the queries can be predicted at; once MSL has
+`eval.batchnorm: per_step_stats` normalises the queries with the running statistics of
+the step they are predicted at (each query on its own, in one batched pass),
+`transductive` with the query batch's, and `per_query` each with the support set plus
+itself, as the other gradient learners. The support set keeps its own batch statistics in
+the inner loop in all three: normalising it with fixed statistics also drops the gradient
+through them and changes the adaptation itself (on test_mamlpp.py's 5-way toy tasks, a
+trained model fell from 98% to 24% when its support set was normalised with even its own
+exact statistics held fixed). Rows are kept per step the queries can be predicted at; once MSL has
 annealed only the last step's is still updated, the only one the engine's evaluation
 uses. The authors' released code calls `F.batch_norm(..., training=True)` at meta-test
 too, so their reported numbers are transductive: the statistics are collected, not used.
@@ -30,7 +31,7 @@ task returns those its query forwards normalised with (recorded by the layers, s
 `GradientMetaLearner._task_predictions`) and they are folded in once per meta-batch,
 outside vmap (`track_statistics`). The layers stay pure: the estimates reach them through
 `functional_call`, like the per-step weights.
-The engine drives DA and MSL through the `on_iteration` hook (maml.py's docstring).
+The engine drives DA and MSL through the `on_iteration` hook (gradient/learner.py's docstring).
 """
 
 from __future__ import annotations
@@ -41,10 +42,11 @@ from torch import nn
 
 from hypermeta.hyper import take_parameters
 from hypermeta.methods.fewshot_base import Episodes
-from hypermeta.methods.maml import (
+from hypermeta.methods.gradient.inner_loop import Weights, sgd_step
+from hypermeta.methods.gradient.learner import (
     GradientMetaConfig,
     GradientMetaLearner,
-    Weights,
+    TaskLoss,
     query_step,
     register_learner,
 )
@@ -75,9 +77,16 @@ class StepStatistics(nn.Module):
 
 class MAMLPlusPlus(GradientMetaLearner):
     keeps_running_statistics = True  # per step, of the queries (BNRS)
+    batchnorm_regimes = ("transductive", "per_query", "per_step_stats")
 
-    def __init__(self, target: nn.Module, config: MAMLPlusPlusConfig, task: str) -> None:
-        super().__init__(target, config, task)
+    def __init__(
+        self,
+        target: nn.Module,
+        config: MAMLPlusPlusConfig,
+        loss: TaskLoss,
+        max_way: int | None = None,
+    ) -> None:
+        super().__init__(target, config, loss, max_way)
         steps = config.inner_steps
         initial = {name: p.detach().clone() for name, p in target.named_parameters()}
         self.norm_layers = [
@@ -114,7 +123,7 @@ class MAMLPlusPlus(GradientMetaLearner):
     def predict(
         self, fast: Weights, support_x: torch.Tensor, query_x: torch.Tensor, step: int
     ) -> torch.Tensor:
-        if self.training or self.transductive:
+        if self.training or self.batchnorm != "per_step_stats":
             return super().predict(fast, support_x, query_x, step)
         index = self._step_index(step)
         running = {}
@@ -138,7 +147,7 @@ class MAMLPlusPlus(GradientMetaLearner):
 
     def inner_update(self, fast: Weights, grads: Weights, step: int) -> Weights:
         lrs = self.inner_lrs[:, self._step_index(step)]
-        return {name: fast[name] - lrs[i] * grads[name] for i, name in enumerate(self.names)}
+        return sgd_step(fast, grads, {name: lrs[i] for i, name in enumerate(self.names)})
 
     def second_order(self) -> bool:
         annealed = self.progress >= self.config.first_order_fraction
@@ -165,7 +174,7 @@ class MAMLPlusPlus(GradientMetaLearner):
         weights = self.step_loss_weights()
         needed = tuple(s + 1 for s in range(steps) if weights[s] > 0)
         outs = self.query_predictions(episodes, steps, predict_at=needed)
-        losses = torch.stack([self._mean_task_loss(out, episodes.query_y) for out in outs])
+        losses = torch.stack([self.mean_task_loss(out, episodes.query_y) for out in outs])
         return (weights[[s - 1 for s in needed]].to(losses) * losses).sum(), outs[-1]
 
     def on_iteration(self, iteration: int, total: int) -> None:

@@ -6,10 +6,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hypermeta.methods.maml import (
+from hypermeta.methods.gradient.inner_loop import Weights, sgd_step
+from hypermeta.methods.gradient.learner import (
     GradientMetaConfig,
     GradientMetaLearner,
-    Weights,
+    TaskLoss,
     register_learner,
 )
 
@@ -17,8 +18,14 @@ from hypermeta.methods.maml import (
 class MetaSGD(GradientMetaLearner):
     """`inner_lr` initialises one learned step size per weight entry (alpha in the paper)."""
 
-    def __init__(self, target: nn.Module, config: GradientMetaConfig, task: str) -> None:
-        super().__init__(target, config, task)
+    def __init__(
+        self,
+        target: nn.Module,
+        config: GradientMetaConfig,
+        loss: TaskLoss,
+        max_way: int | None = None,
+    ) -> None:
+        super().__init__(target, config, loss, max_way)
         # Names with dots cannot key a ParameterDict; a list in parameter order can.
         self.names = [name for name, _ in target.named_parameters()]
         self.inner_lrs = nn.ParameterList(
@@ -26,8 +33,7 @@ class MetaSGD(GradientMetaLearner):
         )
 
     def inner_update(self, fast: Weights, grads: Weights, step: int) -> Weights:
-        lrs = dict(zip(self.names, self.inner_lrs, strict=True))
-        return {name: w - lrs[name] * grads[name] for name, w in fast.items()}
+        return sgd_step(fast, grads, dict(zip(self.names, self.inner_lrs, strict=True)))
 
 
 register_learner(

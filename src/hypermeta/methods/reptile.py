@@ -1,8 +1,8 @@
 """Reptile (Nichol, Achiam & Schulman 2018): adapt to each task with plain SGD, then move
 the initial weights toward the mean of the adapted ones. No second derivatives, no query
-loss in training; evaluation adapts on the support set like MAML, transductive or not
-as the engine's `meta_test(batchnorm)` says (maml.py: non-transductive normalises each
-query with the support set only, the paper's protocol)."""
+loss in training; evaluation adapts on the support set like MAML, in the batch-norm
+regime the engine's `meta_test(batchnorm)` names (gradient/learner.py): `per_query`, the
+support set plus one query, is the paper's non-transductive protocol."""
 
 from __future__ import annotations
 
@@ -10,7 +10,11 @@ import torch
 from pydantic import Field
 
 from hypermeta.methods.fewshot_base import Episodes
-from hypermeta.methods.maml import GradientMetaConfig, GradientMetaLearner, register_learner
+from hypermeta.methods.gradient.learner import (
+    GradientMetaConfig,
+    GradientMetaLearner,
+    register_learner,
+)
 
 
 class ReptileConfig(GradientMetaConfig):
@@ -32,20 +36,20 @@ class Reptile(GradientMetaLearner):
         def adapt(initial, support_x, support_y):
             return self.trajectory(initial, support_x, support_y, self.config.inner_steps)[-1]
 
-        adapted = self.over_tasks(adapt, detached, episodes.support_x, episodes.support_y)
+        adapted = self.tasks.map(adapt, detached, episodes.support_x, episodes.support_y)
         optimizer.zero_grad(set_to_none=True)
         for name, p in params.items():
             p.grad = p.detach() - adapted[name].mean(0)
         optimizer.step()
         with torch.no_grad():  # how well the adapted weights do on the queries: for the log
-            out = self.over_tasks(
+            out = self.tasks.map(
                 lambda fast, sx, qx: self.predict(fast, sx, qx, self.config.inner_steps - 1),
                 adapted,
                 episodes.support_x,
                 episodes.query_x,
                 params_per_task=True,
             )
-            loss = self._mean_task_loss(out, episodes.query_y)
+            loss = self.mean_task_loss(out, episodes.query_y)
         return self.step_record(loss, out, episodes)
 
 

@@ -16,6 +16,7 @@ from hypermeta.data.prepare import load_manifest
 from hypermeta.engine.base import StageContext
 from hypermeta.engine.classification import load_trained
 from hypermeta.engine.fewshot import FewShotEval, episode_logits, split_sampler
+from hypermeta.methods.fewshot_base import BATCHNORM_REGIMES
 from hypermeta.plots import register
 from hypermeta.plots.base import Plotter
 from hypermeta.viz import save_curves, save_episode
@@ -40,7 +41,8 @@ def describe_split(manifest: dict[str, Any], exp: Experiment) -> str:
     )
     lines.append(
         f"test: {cfg.episodes} fixed episodes per setting (seed {cfg.seed}, {cfg.query} "
-        f"queries per class): {settings}; batch norm at meta-test: {cfg.batchnorm}{also}"
+        f"queries per class): {settings}; batch norm at meta-test: {cfg.batchnorm} "
+        f"({BATCHNORM_REGIMES[cfg.batchnorm]}){also}"
     )
     return "\n".join(lines) + "\n"
 

@@ -13,7 +13,7 @@ from hypermeta.data.sine import SineTasks, evaluation_tasks, with_shots
 from hypermeta.engine.base import StageContext
 from hypermeta.engine.regression import RegressionEval, finetuner, load_pair
 from hypermeta.methods.fewshot_base import Episodes
-from hypermeta.methods.maml import GradientMetaLearner
+from hypermeta.methods.gradient.learner import GradientMetaLearner
 from hypermeta.plots import register
 from hypermeta.plots.base import Plotter
 from hypermeta.viz import MARKERS, _save, distinct_colours, legend_below, pyplot, save_curves

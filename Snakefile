@@ -11,7 +11,7 @@ import shutil
 
 import yaml
 
-from hypermeta.config import load_params, resolve, set_profile
+from hypermeta.experiments import load_params, resolve, set_profile
 from hypermeta.dag import (
     DRY_RUN_DIR,
     SOURCES_STAGE,
@@ -82,7 +82,7 @@ for stage in STAGES:
 
 onstart:
     if os.environ.get("HYPERMETA_TRACKING", "").lower() != "off":
-        from hypermeta import repo_root
+        from hypermeta.paths import repo_root
         from hypermeta.tracking import (
             PARENT_ENV,
             SERVER_ENV,
@@ -105,7 +105,7 @@ onstart:
 def finish():
     """Record the finished stages in dvc.lock, also after a failure (what completed is
     valid), and stop this invocation's MLflow server."""
-    from hypermeta import repo_root
+    from hypermeta.paths import repo_root
     from hypermeta.tracking import SERVER_ENV
     from hypermeta.tracking_server import stop_server
 

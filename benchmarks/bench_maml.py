@@ -45,7 +45,7 @@ HIGHER = ("higher", "higher, 1 thread")
 
 
 def make_episodes(meta_batch: int, n_way: int, k_shot: int, n_query: int, device):
-    from hypermeta.methods.fewshot_base import Episodes
+    from hypermeta.data.episodes import Episodes
 
     g = torch.Generator().manual_seed(0)
 

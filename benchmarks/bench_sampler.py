@@ -22,9 +22,8 @@ import torch
 
 from hypermeta.config import SplitConfig
 from hypermeta.data.download import MIRROR_ENV, download
-from hypermeta.data.episodes import EpisodeSampler, EpisodeSetting, seeded_generator
+from hypermeta.data.episodes import Episodes, EpisodeSampler, EpisodeSetting, seeded_generator
 from hypermeta.data.prepare import load_manifest, load_split, prepare
-from hypermeta.methods.fewshot_base import Episodes
 from hypermeta.methods.protonet import ProtoNetConfig
 from hypermeta.methods.protonet import build as build_protonet
 

@@ -1,9 +1,10 @@
-"""Load and validate params.yaml; resolve an experiment under the active profile.
+"""params.yaml's schema and reading: the bottom layer (docs/ARCHITECTURE.md), which
+imports no method and no engine.
 
 params.yaml holds data sources, profiles and experiments. An experiment is a base
 entry plus optional per-profile overrides (`profiles: {quick: {...}}`), deep-merged
-here. Its `model`, `train` and `eval` sections are checked against the schemas its
-method and engine kind declare, so every typo fails with the key path named.
+here (`merged_entry`). Its `model`, `train` and `eval` sections are checked against the
+schemas its method and engine kind declare by hypermeta.experiments, one layer up.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -181,15 +181,6 @@ def load_raw(path: str | Path = "params.yaml") -> dict[str, Any]:
     return data
 
 
-def load_params(path: str | Path = "params.yaml", profile: str | None = None) -> Params:
-    """Load params.yaml, check its shape and that every experiment resolves in every profile."""
-    params = read_params(path, profile)
-    for name in params.experiments:
-        for profile_name in params.profiles:
-            resolve(params, name, profile_name)
-    return params
-
-
 def read_params(path: str | Path = "params.yaml", profile: str | None = None) -> Params:
     """params.yaml with its shape, profiles, datasets and references checked, but not each
     experiment's sections: those need every method's schema, importing torch (`load_params`
@@ -280,63 +271,3 @@ def merged_entry(
             f"but data.datasets.{profile} does not list it; add it there."
         )
     return merged, override
-
-
-def resolve(params: Params, name: str, profile: str | None = None) -> Experiment:
-    """The experiment `name` with the profile's overrides merged and every section validated."""
-    from hypermeta.engine import get_engine
-    from hypermeta.methods import get_method
-
-    merged, override = merged_entry(params, name, profile)
-    profile = profile or params.profile
-    where = f"experiments.{name}"
-
-    def section(name: str, schema: type[BaseModel]) -> BaseModel:
-        return validate_section(
-            schema,
-            merged[name],
-            f"{where}.{name}",
-            (f"{where}.profiles.{profile}.{name}", override.get(name, {})),
-        )
-
-    method = get_method(merged["method"], where=f"{where}.method")
-    engine = get_engine(method.kind)
-    sections = {
-        "model": section("model", method.model_config),
-        "train": section("train", engine.train_config),
-        "eval": section("eval", engine.eval_config),
-        "resources": Resources.model_validate(merged["resources"]),
-    }
-    return Experiment(
-        name=name,
-        profile=profile,
-        method=method.name,
-        kind=method.kind,
-        dataset=merged["dataset"],
-        group=merged["group"],
-        **sections,
-        # What was validated, not what was written: `lr: 1` and `lr: 1.0`, or a default
-        # spelled out, are one experiment with one fingerprint (its checkpoint resumes).
-        section={**merged, **{key: value.model_dump() for key, value in sections.items()}},
-    )
-
-
-_PROFILE_LINE = re.compile(r"^profile:\s*\S+", re.MULTILINE)
-
-
-def set_profile(path: str | Path, profile: str) -> bool:
-    """Switch `profile:` in params.yaml in place, keeping comments (as `dvc exp run -S` does).
-
-    Returns whether the file changed."""
-    path = Path(path)
-    text = path.read_text()
-    updated, count = _PROFILE_LINE.subn(f"profile: {profile}", text, count=1)
-    if count != 1:
-        raise HypermetaError(f"{path} has no top-level 'profile:' line to switch.")
-    if updated == text:
-        return False
-    load_params(path, profile=profile)  # an unknown profile fails here, before any write
-    from hypermeta.atomic import write_text
-
-    write_text(path, updated)
-    return True

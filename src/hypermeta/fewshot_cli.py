@@ -119,9 +119,10 @@ def predict(
     regime used: `batchnorm`, by default the one the model was evaluated with)."""
     import torch
 
+    from hypermeta.data.episodes import Episodes
     from hypermeta.engine.classification import load_trained
     from hypermeta.engine.fewshot import check_ways, episode_logits
-    from hypermeta.methods.fewshot_base import Episodes, FewShotLearner
+    from hypermeta.methods.fewshot_base import FewShotLearner
 
     learner, saved = load_trained(Path(model_dir) / "model.pt")
     if not isinstance(learner, FewShotLearner):

@@ -12,12 +12,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from hypermeta import METRICS, PLOTS, repo_root
 from hypermeta.atomic import write_text
-from hypermeta.config import Experiment, Params, Reference, resolve
+from hypermeta.config import Experiment, Params, Reference
 from hypermeta.engine import get_engine
 from hypermeta.errors import HypermetaError
+from hypermeta.experiments import resolve
 from hypermeta.methods.fewshot_base import BATCHNORM_REGIMES
+from hypermeta.paths import METRICS, PLOTS, REPORTS, repo_root
 from hypermeta.plots import get_plotter
 from hypermeta.stages import child_run, read_manifest, stage_context
 from hypermeta.tracking import git_commit
@@ -311,10 +312,10 @@ def write_report(params: Params, staging: Path) -> None:
 
 def report() -> Path:
     """The report stage (dvc.yaml)."""
-    from hypermeta.config import load_params
+    from hypermeta.experiments import load_params
 
     params = load_params()
     with child_run(params, "report", reads=params.model_dump()) as tracker:
-        folder = build_report(params, Path("reports"))
+        folder = build_report(params, REPORTS)
         tracker.log_artifact(folder, "report")
         return folder

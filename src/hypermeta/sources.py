@@ -103,17 +103,16 @@ def stage_roots(stage: str, method: str | None = None) -> list[str]:
     """What stage `stage` (of an experiment using `method`) runs: the closure's roots."""
     from hypermeta.cli import STAGES
     from hypermeta.engine import ENGINES
-    from hypermeta.methods import METHODS, MODULES
+    from hypermeta.methods import METHODS
     from hypermeta.plots import PLOTTERS
 
     roots = [f"pipeline/{stage}.py", STAGES[stage]]
     if method is not None:
         kind = METHODS[method].kind
         registry = PLOTTERS if stage == "visualize" else ENGINES
-        roots += [MODULES[method], type(registry[kind]).__module__]
+        roots += [METHODS.module_of(method), registry.module_of(kind)]
     elif stage == "report":
-        roots += [*MODULES.values(), *(type(p).__module__ for p in PLOTTERS.values())]
-        roots += [type(engine).__module__ for engine in ENGINES.values()]
+        roots += [r.module_of(name) for r in (METHODS, PLOTTERS, ENGINES) for name in r]
     elif stage == "split":
         from hypermeta.data.prepare import READER_MODULES
 

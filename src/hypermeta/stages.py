@@ -8,18 +8,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
-from hypermeta import METRICS, MODELS, PLOTS, repo_root
 from hypermeta.atomic import write_json
-from hypermeta.config import Experiment, Params, load_params, params_hash, resolve, split_config
+from hypermeta.config import Experiment, Params, params_hash, split_config
 from hypermeta.engine import StageContext, get_engine
 from hypermeta.engine.device import fix_numerics
+from hypermeta.experiments import load_params, resolve
+from hypermeta.paths import METRICS, MODELS, PLOTS, PREPARED, RAW, repo_root
 from hypermeta.tracking import Tracker, stage_run
-
-RAW = Path("data/raw")
-PREPARED = Path("data/prepared")
 
 
 def read_manifest(exp: Experiment) -> dict[str, Any] | None:

@@ -25,8 +25,8 @@ import yaml
 from browser import render
 from conftest import MIRROR, ROOT
 
-from hypermeta.config import load_params, resolve
 from hypermeta.dag import Stage
+from hypermeta.experiments import load_params, resolve
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent

@@ -8,10 +8,11 @@ from typing import Any
 
 from conftest import MIRROR
 
-from hypermeta.config import Experiment, Params, SplitConfig, resolve
+from hypermeta.config import Experiment, Params, SplitConfig
 from hypermeta.data.download import download
 from hypermeta.data.prepare import prepare
 from hypermeta.engine import StageContext
+from hypermeta.experiments import resolve
 from hypermeta.tracking import NullTracker
 
 

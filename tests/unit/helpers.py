@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from hypermeta.atomic import torch_save, write_json
-from hypermeta.config import load_params
+from hypermeta.experiments import load_params
 
 BASE_PARAMS = {
     "profile": "quick",

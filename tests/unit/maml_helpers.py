@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from hypermeta.config import validate_section
+from hypermeta.data.episodes import Episodes
 from hypermeta.methods import get_method
-from hypermeta.methods.fewshot_base import Episodes
 
 REGRESSION = {"task": "regression", "input_dim": 1, "output_dim": 1}
 IMAGES = {"image_shape": [1, 16, 16]}

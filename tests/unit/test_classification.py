@@ -4,11 +4,11 @@ import pytest
 import torch
 from unit.helpers import BASE_PARAMS, load, untimed, write_prepared
 
-from hypermeta.config import resolve
 from hypermeta.engine import StageContext, get_engine
 from hypermeta.engine.checkpoint import Checkpointer
 from hypermeta.engine.device import resolve_device
 from hypermeta.errors import HypermetaError
+from hypermeta.experiments import resolve
 from hypermeta.plots import get_plotter
 from hypermeta.tracking import NullTracker
 

@@ -3,8 +3,9 @@ import copy
 import pytest
 from unit.helpers import BASE_PARAMS, load, write_params
 
-from hypermeta.config import resolve, set_profile, split_config
+from hypermeta.config import split_config
 from hypermeta.errors import HypermetaError
+from hypermeta.experiments import resolve, set_profile
 
 
 def changed(**edits):

@@ -21,10 +21,10 @@ from unit.helpers import untimed
 
 from hypermeta.atomic import write_json
 from hypermeta.config import SplitConfig
+from hypermeta.data.episodes import Episodes
 from hypermeta.data.prepare import prepare
 from hypermeta.engine import StageContext, get_engine
 from hypermeta.errors import HypermetaError
-from hypermeta.methods.fewshot_base import Episodes
 from hypermeta.nn.batch_stat_norm import BatchStatNorm
 from hypermeta.plots import get_plotter
 from hypermeta.tracking import NullTracker
@@ -194,7 +194,8 @@ def test_each_learner_learns_a_few_shot_task_far_above_chance(name, outer):
 
 
 def sine_context(tmp_path, method: str, **train) -> StageContext:
-    from hypermeta.config import Params, resolve
+    from hypermeta.config import Params
+    from hypermeta.experiments import resolve
 
     params = Params.model_validate(
         {

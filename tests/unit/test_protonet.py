@@ -13,12 +13,11 @@ from tolerance import assert_close_reordered
 from torch import nn
 from unit.helpers import untimed
 
-from hypermeta.config import load_params, resolve
-from hypermeta.data.episodes import EpisodeSampler, EpisodeSetting
+from hypermeta.data.episodes import Episodes, EpisodeSampler, EpisodeSetting
 from hypermeta.engine.fewshot import FewShotEngine, check_regimes, episode_accuracies
 from hypermeta.errors import HypermetaError
+from hypermeta.experiments import load_params, resolve
 from hypermeta.methods import get_method
-from hypermeta.methods.fewshot_base import Episodes
 from hypermeta.methods.protonet import PrototypicalNetwork, prototypes
 from hypermeta.nn.conv4 import Conv4
 from hypermeta.plots.fewshot import FewShotPlotter

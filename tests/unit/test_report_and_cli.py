@@ -9,8 +9,9 @@ from unit.helpers import BASE_PARAMS, TOY_CONTINUAL_GROUP, load, write_params
 
 from hypermeta.atomic import write_json
 from hypermeta.cli import main
-from hypermeta.config import Reference, load_params
+from hypermeta.config import Reference
 from hypermeta.errors import HypermetaError
+from hypermeta.experiments import load_params
 from hypermeta.methods.fewshot_base import BATCHNORM_REGIMES
 from hypermeta.report import build_report, format_metric, result_rows
 

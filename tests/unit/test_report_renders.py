@@ -6,7 +6,7 @@ from browser import render
 from unit.helpers import BASE_PARAMS, TOY_CONTINUAL_GROUP, write_params
 
 from hypermeta.atomic import write_json, write_text
-from hypermeta.config import load_params
+from hypermeta.experiments import load_params
 from hypermeta.report import build_report
 from hypermeta.viz import save_curves
 

@@ -6,7 +6,7 @@ import shutil
 
 from conftest import ROOT
 
-from hypermeta.methods import MODULES
+from hypermeta.methods import METHODS
 from hypermeta.sources import FOLDER, closure, stage_roots, write_fingerprints
 
 
@@ -34,9 +34,10 @@ def test_visualize_runs_the_plots_and_the_report_runs_every_method_and_plot():
 
 
 def test_a_method_registered_through_a_helper_belongs_to_the_file_that_calls_it():
-    assert MODULES["reptile"] == "hypermeta.methods.reptile"  # via register_learner
-    assert MODULES["maml_regression"] == MODULES["maml"] == "hypermeta.methods.maml"
-    assert MODULES["fomaml_regression"] == "hypermeta.methods.fomaml"
+    assert METHODS.module_of("reptile") == "hypermeta.methods.reptile"  # via register_learner
+    assert METHODS.module_of("maml_regression") == "hypermeta.methods.maml"
+    assert METHODS.module_of("maml") == "hypermeta.methods.maml"
+    assert METHODS.module_of("fomaml_regression") == "hypermeta.methods.fomaml"
     shared = {f"src/hypermeta/methods/gradient/{name}.py" for name in ("learner", "tasks")}
     assert shared <= files_of("train", "reptile")  # the machinery it imports
     assert "src/hypermeta/methods/maml.py" in files_of("train", "fomaml")  # FOMAML is MAML's

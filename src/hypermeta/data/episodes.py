@@ -11,13 +11,33 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
 
 from hypermeta.errors import HypermetaError
-from hypermeta.methods.fewshot_base import Episodes
+
+
+@dataclass
+class Episodes:
+    """A meta-batch of B tasks, N-way K-shot with Q queries per class, as tensors.
+
+    support_x (B, N·K, C, H, W) float, support_y (B, N·K) in 0..N-1;
+    query_x (B, N·Q, C, H, W), query_y (B, N·Q)."""
+
+    support_x: torch.Tensor
+    support_y: torch.Tensor
+    query_x: torch.Tensor
+    query_y: torch.Tensor
+    n_way: int
+
+    def to(self, device: torch.device) -> Episodes:
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name, value in moved.items():
+            if isinstance(value, torch.Tensor):
+                moved[name] = value.to(device, non_blocking=True)
+        return Episodes(**moved)
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from hypermeta.config import SplitConfig
+from hypermeta.data.episodes import Episodes
 from hypermeta.data.prepare import Prepared, preparer
 from hypermeta.data.registry import DatasetSpec
-from hypermeta.methods.fewshot_base import Episodes
 
 AMPLITUDE = (0.1, 5.0)
 PHASE = (0.0, math.pi)

@@ -26,7 +26,13 @@ from pydantic_core import PydanticCustomError
 
 from hypermeta.atomic import torch_save, write_json
 from hypermeta.config import StrictModel
-from hypermeta.data.episodes import EpisodeIndex, EpisodeSampler, EpisodeSetting, seeded_generator
+from hypermeta.data.episodes import (
+    EpisodeIndex,
+    Episodes,
+    EpisodeSampler,
+    EpisodeSetting,
+    seeded_generator,
+)
 from hypermeta.data.prepare import load_manifest, load_split
 from hypermeta.engine import register
 from hypermeta.engine.base import Engine, StageContext
@@ -34,12 +40,7 @@ from hypermeta.engine.checkpoint import Checkpointer
 from hypermeta.engine.classification import build_model, load_trained, standardization
 from hypermeta.engine.device import DeviceName, adam, autocast, resolve_device
 from hypermeta.errors import HypermetaError
-from hypermeta.methods.fewshot_base import (
-    RETIRED_REGIMES,
-    BatchNormRegime,
-    Episodes,
-    FewShotLearner,
-)
+from hypermeta.methods.fewshot_base import RETIRED_REGIMES, BatchNormRegime, FewShotLearner
 from hypermeta.progress import progress
 from hypermeta.stats import mean_interval
 
@@ -289,7 +290,7 @@ class FewShotEngine(Engine):
             f"with learner.meta_test(regime), regime one of {learner.batchnorm_regimes} "
             f"(evaluated: {saved['experiment']['eval']['batchnorm']!r}): "
             "learner.test_logits(Episodes(support_x, support_y, query_x, query_y, n_way)) "
-            "→ (B, N·Q, N) query logits (hypermeta.methods.fewshot_base.Episodes); images "
+            "→ (B, N·Q, N) query logits (hypermeta.data.episodes.Episodes); images "
             f"{standardization(saved['data_info'])}"
         )
 

@@ -21,6 +21,7 @@ from pydantic import Field
 
 from hypermeta.atomic import torch_save, write_json
 from hypermeta.config import StrictModel
+from hypermeta.data.episodes import Episodes
 from hypermeta.data.prepare import load_manifest
 from hypermeta.data.sine import (
     evaluation_tasks,
@@ -34,7 +35,6 @@ from hypermeta.engine.checkpoint import Checkpointer
 from hypermeta.engine.classification import build_model, load_trained
 from hypermeta.engine.device import DeviceName, adam, resolve_device
 from hypermeta.errors import HypermetaError
-from hypermeta.methods.fewshot_base import Episodes
 from hypermeta.methods.gradient.learner import GradientMetaLearner
 from hypermeta.methods.maml import MAML
 from hypermeta.nn import MLP
@@ -217,7 +217,7 @@ class RegressionEngine(Engine):
         return learner, (
             "learner.query_predictions(Episodes(support_x, support_y, query_x, query_y, 1), "
             "steps) → (1, B, P, 1) query predictions after `steps` inner steps; "
-            "x, y (B, K, 1) points of each sine task (hypermeta.methods.fewshot_base.Episodes)"
+            "x, y (B, K, 1) points of each sine task (hypermeta.data.episodes.Episodes)"
         )
 
     def evaluate(self, ctx: StageContext) -> dict[str, Any]:

@@ -7,12 +7,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
 from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 
+from hypermeta.data.episodes import Episodes
 from hypermeta.errors import HypermetaError
 
 # How batch norm normalises at meta-test (`eval.batchnorm`, recorded with every result):
@@ -33,27 +33,6 @@ RETIRED_REGIMES = {
     "ProtoNet's running statistics, per_query for MAML, FOMAML, Meta-SGD and Reptile (the "
     "support set plus one query), or per_step_stats for MAML++'s per-step statistics",
 }
-
-
-@dataclass
-class Episodes:
-    """A meta-batch of B tasks, N-way K-shot with Q queries per class, as tensors.
-
-    support_x (B, N·K, C, H, W) float, support_y (B, N·K) in 0..N-1;
-    query_x (B, N·Q, C, H, W), query_y (B, N·Q)."""
-
-    support_x: torch.Tensor
-    support_y: torch.Tensor
-    query_x: torch.Tensor
-    query_y: torch.Tensor
-    n_way: int
-
-    def to(self, device: torch.device) -> Episodes:
-        moved = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name, value in moved.items():
-            if isinstance(value, torch.Tensor):
-                moved[name] = value.to(device, non_blocking=True)
-        return Episodes(**moved)
 
 
 class FewShotLearner(nn.Module, ABC):

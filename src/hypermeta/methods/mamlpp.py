@@ -40,8 +40,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from hypermeta.data.episodes import Episodes
 from hypermeta.hyper import take_parameters
-from hypermeta.methods.fewshot_base import Episodes
 from hypermeta.methods.gradient.inner_loop import Weights, sgd_step
 from hypermeta.methods.gradient.learner import (
     GradientMetaConfig,

@@ -12,9 +12,10 @@ from pydantic import Field
 from torch import nn
 
 from hypermeta.config import StrictModel
+from hypermeta.data.episodes import Episodes
 from hypermeta.methods import register
 from hypermeta.methods.base import MethodSpec
-from hypermeta.methods.fewshot_base import Episodes, FewShotLearner
+from hypermeta.methods.fewshot_base import FewShotLearner
 from hypermeta.nn.conv4 import Conv4
 
 

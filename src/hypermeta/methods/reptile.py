@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from hypermeta.methods.fewshot_base import Episodes
+from hypermeta.data.episodes import Episodes
 from hypermeta.methods.gradient.learner import (
     GradientMetaConfig,
     GradientMetaLearner,

@@ -1,5 +1,5 @@
 """What the visualize stage and the report draw: one module per engine kind, each
-registering a `Plotter`; importing the package imports them all.
+registering a `Plotter`; the registry imports them all on first use.
 
 Plotting lives apart from the engines so that training and evaluation neither run nor
 depend on it: their dvc.yaml fingerprints (hypermeta.sources) leave this package out,
@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hypermeta.config import load_params, resolve
+from hypermeta.experiments import load_params, resolve
 from hypermeta.plots.base import Plotter
-from hypermeta.registry import Registry, import_modules
+from hypermeta.registry import Registry
 from hypermeta.stages import child_run, stage_context
 
-PLOTTERS: Registry[Plotter] = Registry("plotter kind", lambda plotter: plotter.kind)
+PLOTTERS: Registry[Plotter] = Registry("plotter kind", lambda plotter: plotter.kind, __name__)
 register = PLOTTERS.register
 
 
@@ -33,7 +33,5 @@ def visualize(name: str) -> list[Path]:
             tracker.log_artifact(path, "plots")
         return paths
 
-
-import_modules(__name__, __path__, skip={"base"})
 
 __all__ = ["PLOTTERS", "Plotter", "get_plotter", "register", "visualize"]

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
+from hypermeta.data.episodes import Episodes
 from hypermeta.data.sine import SineTasks, evaluation_tasks, with_shots
 from hypermeta.engine.base import StageContext
 from hypermeta.engine.regression import RegressionEval, finetuner, load_pair
-from hypermeta.methods.fewshot_base import Episodes
 from hypermeta.methods.gradient.learner import GradientMetaLearner
 from hypermeta.plots import register
 from hypermeta.plots.base import Plotter

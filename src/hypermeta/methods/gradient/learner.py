@@ -38,10 +38,11 @@ from torch import nn
 from torch.func import vmap
 
 from hypermeta.config import StrictModel
+from hypermeta.data.episodes import Episodes
 from hypermeta.errors import HypermetaError
 from hypermeta.methods import register
 from hypermeta.methods.base import MethodSpec
-from hypermeta.methods.fewshot_base import BatchNormRegime, Episodes, FewShotLearner
+from hypermeta.methods.fewshot_base import BatchNormRegime, FewShotLearner
 from hypermeta.methods.gradient.inner_loop import (
     Weights,
     adapt,

@@ -15,6 +15,6 @@ def get_engine(kind: str) -> Engine:
     return ENGINES.lookup(kind)
 
 
-import_modules(__name__, __path__, skip={"base", "checkpoint", "device"})
+import_modules(__name__, __path__, skip={"base", "checkpoint", "device", "loop", "schedule"})
 
 __all__ = ["ENGINES", "Engine", "StageContext", "get_engine", "register"]

@@ -14,19 +14,14 @@ from unit.helpers import untimed
 from hypermeta.config import StrictModel
 from hypermeta.data.text import UNKNOWN, Vocabulary
 from hypermeta.engine.checkpoint import Checkpointer
-from hypermeta.engine.language_model import (
-    LanguageModelTrain,
-    bits_per_char,
-    fit,
-    generate,
-    hyper_scales,
-    token_bits,
-    unigram_bits,
-)
+from hypermeta.engine.language_model import LanguageModelTrain, fit
+from hypermeta.engine.text_generation import generate
+from hypermeta.engine.text_scoring import bits_per_char, token_bits, unigram_bits
 from hypermeta.errors import HypermetaError
 from hypermeta.hyper.hyperlstm import HyperLSTM, HyperLSTMLayer
 from hypermeta.methods import get_method
 from hypermeta.nn.lstm import LNLSTM, CharLanguageModel
+from hypermeta.plots.language_model import hyper_scales
 
 torch.set_num_threads(1)
 GPU = torch.cuda.is_available()

@@ -193,7 +193,8 @@ class ClassificationEngine(Engine):
 
     def train(self, ctx: StageContext) -> None:
         training = ClassificationTraining(ctx)
-        save_trained(ctx.model_path, training.saved(), fit_stage(training, ctx), ctx.history_path)
+        history = fit_stage(training, ctx)
+        save_trained(ctx.model_path, training.saved(), history, ctx.history_path)
 
     def trained_model(self, ctx: StageContext) -> tuple[nn.Module, str]:
         model, saved = load_trained(ctx.model_path)

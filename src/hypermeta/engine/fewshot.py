@@ -266,7 +266,8 @@ class FewShotEngine(Engine):
 
     def train(self, ctx: StageContext) -> None:
         training = FewShotTraining(ctx)
-        save_trained(ctx.model_path, training.saved(), fit_stage(training, ctx), ctx.history_path)
+        history = fit_stage(training, ctx)
+        save_trained(ctx.model_path, training.saved(), history, ctx.history_path)
 
     def trained_model(self, ctx: StageContext) -> tuple[torch.nn.Module, str]:
         learner, saved = load_trained(ctx.model_path)

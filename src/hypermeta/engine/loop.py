@@ -141,9 +141,10 @@ def fit(
 
     for round in range(start[0], training.rounds):
         if stopping and stopping.stale >= stopping.patience:  # also when a stopped run reruns
+            stale = "validation" if stopping.stale == 1 else f"{stopping.stale} validations"
             print(
-                f"[hypermeta] {training.label}: no validation gain for {stopping.stale} "
-                f"{training.step_key}s; stopping early."
+                f"[hypermeta] {training.label}: {stopping.key} did not improve at the last "
+                f"{stale}; stopping early."
             )
             break
         first = start[1] if round == start[0] else 0

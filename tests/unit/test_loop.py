@@ -24,7 +24,7 @@ class Counting(Training):
         self.row_every, self.checkpoint_every = 2, 3
         self.values = values
         if patience is not None:
-            self.early_stopping = EarlyStopping("val", patience, diverged="lower the lr")
+            self.early_stopping = EarlyStopping("val", patience, diverged_fix="lower the lr")
         self.total, self.window, self.rows = 0.0, 0.0, 0
         self.validations: list[bool] = []
 

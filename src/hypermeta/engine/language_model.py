@@ -128,7 +128,7 @@ class LanguageModelTraining(Training):
         self.early_stopping = EarlyStopping(
             "val_bpc",
             cfg.patience,
-            diverged="lower the learning rate (--lr or train.lr) or clip gradients harder "
+            diverged_fix="lower the learning rate (--lr or train.lr) or clip gradients harder "
             "(a smaller --clip or train.clip)",
         )
         self.best_weights: dict[str, Tensor] = {}

@@ -10,6 +10,9 @@ says where training continues: a checkpoint holds the training's state at its po
 and the history, so a run resumed from it repeats the uninterrupted one exactly (each
 kind draws its batches from generators seeded by position, or checkpoints them).
 `EarlyStopping` ends training when the rows stop improving or a value diverges.
+
+A new engine kind subclasses `Training` (its state, `step` and `row`, and a few lines
+of wording), and its `Engine.train` is `fit_stage` then `save_trained`.
 """
 
 from __future__ import annotations
@@ -36,13 +39,21 @@ Row = dict[str, Any]
 class EarlyStopping:
     """Stop before a round once `patience` rows in a row have not lowered `key`; a
     non-finite `key` (diverged training) stops at once, keeping the best earlier model,
-    and fails with the fix `diverged` when there is none."""
+    and fails naming `diverged_fix` when there is none."""
 
     key: str
     patience: int
-    diverged: str
+    diverged_fix: str
     best: float = math.inf
     stale: int = 0
+
+    def improved(self, value: float) -> bool:
+        """Counts a row's `value`: whether it is the best so far."""
+        if value < self.best:
+            self.best, self.stale = value, 0
+            return True
+        self.stale += 1
+        return False
 
 
 class Training(ABC):
@@ -131,12 +142,7 @@ def fit(
         if line := training.line(row):
             print(f"[hypermeta] {training.label} {line}")
         if stopping:
-            improved = row[stopping.key] < stopping.best
-            if improved:
-                stopping.best, stopping.stale = row[stopping.key], 0
-            else:
-                stopping.stale += 1
-            training.validated(improved)
+            training.validated(stopping.improved(row[stopping.key]))
         return True
 
     for round in range(start[0], training.rounds):
@@ -175,7 +181,7 @@ def diverged(training: Training, stopping: EarlyStopping, row: Row) -> None:
     if stopping.best == math.inf:
         raise HypermetaError(
             f"{training.label}: {stopping.key} is {value} after {where}, so training diverged "
-            f"before any {training.step_key} worth keeping; {stopping.diverged}."
+            f"before any {training.step_key} worth keeping; {stopping.diverged_fix}."
         )
     print(
         f"[hypermeta] {training.label}: {stopping.key} is {value} after {where} (training "

@@ -21,7 +21,7 @@ import torch
 
 from hypermeta.data.prepare import load_manifest, load_split
 from hypermeta.engine.checkpoint import Checkpointer
-from hypermeta.engine.continual import ContinualTrain, train_sequences
+from hypermeta.engine.continual_training import ContinualTrain, train_sequences
 
 HNET = {"hnet_hidden": [50, 50], "chunk_size": 2000, "beta": 0.1}
 VARIANTS = {

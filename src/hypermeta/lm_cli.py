@@ -152,7 +152,7 @@ def _load(args: argparse.Namespace):
 
 def evaluate(args: argparse.Namespace) -> None:
     from hypermeta.data.text import read_text
-    from hypermeta.engine.language_model import bits_per_char, block_means, token_bits
+    from hypermeta.engine.text_scoring import bits_per_char, block_means, token_bits
     from hypermeta.stats import mean_interval
 
     model, vocab, _ = _load(args)
@@ -175,7 +175,7 @@ def evaluate(args: argparse.Namespace) -> None:
 
 
 def generate(args: argparse.Namespace) -> None:
-    from hypermeta.engine.language_model import generate as sample
+    from hypermeta.engine.text_generation import generate as sample
 
     model, vocab, _ = _load(args)
     text, unknown = sample(

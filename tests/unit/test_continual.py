@@ -16,15 +16,17 @@ from unit.helpers import untimed
 from hypermeta.continual.regularizer import lookahead_delta, output_regularizer
 from hypermeta.data.continual import TaskSequence, pixel_permutations
 from hypermeta.engine.checkpoint import Checkpointer
-from hypermeta.engine.continual import (
-    ContinualTrain,
-    SequenceInterrupted,
+from hypermeta.engine.continual_accuracy import (
     accuracy_as_tasks_arrive,
-    build_learner,
     inferred_task_correctness,
     mean_matrix,
-    sequence_info,
     task_correctness,
+)
+from hypermeta.engine.continual_training import (
+    ContinualTrain,
+    SequenceInterrupted,
+    build_learner,
+    sequence_info,
     train_sequences,
 )
 from hypermeta.hyper import (

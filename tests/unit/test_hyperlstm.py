@@ -11,22 +11,18 @@ from tolerance import assert_close_reordered
 from torch import nn
 from unit.helpers import untimed
 
+from hypermeta.atomic import torch_save, write_json
 from hypermeta.config import StrictModel
 from hypermeta.data.text import UNKNOWN, Vocabulary
 from hypermeta.engine.checkpoint import Checkpointer
-from hypermeta.engine.language_model import (
-    LanguageModelTrain,
-    bits_per_char,
-    fit,
-    generate,
-    hyper_scales,
-    token_bits,
-    unigram_bits,
-)
+from hypermeta.engine.language_model import LanguageModelTrain, fit
+from hypermeta.engine.text_generation import generate
+from hypermeta.engine.text_scoring import bits_per_char, token_bits, unigram_bits
 from hypermeta.errors import HypermetaError
 from hypermeta.hyper.hyperlstm import HyperLSTM, HyperLSTMLayer
 from hypermeta.methods import get_method
 from hypermeta.nn.lstm import LNLSTM, CharLanguageModel
+from hypermeta.plots.language_model import hyper_scales
 
 torch.set_num_threads(1)
 GPU = torch.cuda.is_available()
@@ -336,6 +332,72 @@ def test_resumed_training_matches_uninterrupted_training(tmp_path, device):
     for name, value in straight.items():
         assert torch.equal(value, resumed[name]), name
     assert untimed(resumed_history) == untimed(straight_history)
+
+
+def prepared_text(folder) -> None:
+    """A prepared character dataset as the split stage writes one: token splits + manifest."""
+    parts = {"train": word_salad(300, 7), "val": word_salad(40, 8), "test": word_salad(40, 9)}
+    vocab = Vocabulary.from_text(parts["train"])
+    for name, text in parts.items():
+        torch_save(folder / f"{name}.pt", {"tokens": vocab.encode(text).tokens})
+    write_json(
+        folder / "manifest.json",
+        {"vocab": vocab.symbols, "vocab_size": len(vocab),
+         "unknown_characters": {name: 0 for name in parts}},
+    )  # fmt: skip
+
+
+def test_the_train_stage_killed_inside_an_epoch_resumes_exactly(tmp_path, monkeypatch):
+    """The engine's train stage, killed inside the epoch after one without validation gain:
+    the hidden state, the dropout random stream, the running sums, the decayed lr and the
+    early-stopping count come back, so the saved model is the uninterrupted run's to the bit."""
+    from hypermeta.config import Params, resolve
+    from hypermeta.engine import StageContext, get_engine
+    from hypermeta.tracking import NullTracker
+
+    prepared_text(tmp_path / "data")
+    section = {
+        "method": "lnlstm",
+        "dataset": "tinyshakespeare",
+        "model": {"embedding_size": 8, "hidden_size": 16, "use_recurrent_dropout": True,
+                  "dropout": 0.2},
+        "train": {"epochs": 5, "batch_size": 4, "seq_length": 16, "lr": 0.3, "lr_decay": 0.5,
+                  "checkpoint_every": 10, "device": "cpu"},
+    }  # fmt: skip
+    params = Params.model_validate(
+        {
+            "profile": "quick",
+            "profiles": {"quick": "tests"},
+            "data": {"datasets": {"quick": ["tinyshakespeare"]}},
+            "experiments": {"lm": section},
+        }
+    )
+    exp, engine = resolve(params, "lm"), get_engine("language_model")
+
+    def context(name: str) -> StageContext:
+        out = tmp_path / name
+        return StageContext(exp, tmp_path / "data", out / "models", out, out, NullTracker())
+
+    straight, resumed = context("straight"), context("resumed")
+    engine.train(straight)
+    original_save = Checkpointer.save
+
+    def killed_after_an_epoch_without_gain(self, state):
+        original_save(self, state)
+        if state["stale"] and state["window"]:  # inside the epoch after it
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Checkpointer, "save", killed_after_an_epoch_without_gain)
+    with pytest.raises(KeyboardInterrupt):
+        engine.train(resumed)
+    monkeypatch.setattr(Checkpointer, "save", original_save)
+    engine.train(resumed)
+    expected = torch.load(straight.model_path, weights_only=True)
+    got = torch.load(resumed.model_path, weights_only=True)
+    for name, value in expected["state_dict"].items():
+        assert torch.equal(got["state_dict"][name], value), name
+    assert got["history"][-1]["lr"] < 0.3  # decayed after the epoch without gain
+    assert untimed(got["history"]) == untimed(expected["history"])
 
 
 def test_lm_train_continues_with_more_epochs_and_restarts_on_an_edited_file(tmp_path, capsys):

@@ -11,16 +11,15 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from hypermeta.atomic import torch_save, write_json
 from hypermeta.config import StrictModel, validate_section
 from hypermeta.data.prepare import load_manifest, load_split
 from hypermeta.engine import register
 from hypermeta.engine.base import Engine, StageContext
-from hypermeta.engine.checkpoint import Checkpointer, load_saved
+from hypermeta.engine.checkpoint import load_saved
 from hypermeta.engine.device import DeviceName, adam, autocast, resolve_device
+from hypermeta.engine.loop import Row, Training, fit_stage, on_cpu, save_trained
 from hypermeta.hyper import parameter_cost
 from hypermeta.methods import get_method
-from hypermeta.progress import progress
 from hypermeta.stats import wilson_interval
 
 
@@ -88,101 +87,114 @@ def load_trained(model_path: Path) -> tuple[nn.Module, dict[str, Any]]:
     return model.eval(), saved
 
 
-class ClassificationEngine(Engine):
-    kind = "classification"
-    train_config = ClassificationTrain
-    eval_config = ClassificationEval
+class ClassificationTraining(Training):
+    """Epochs of seeded, shuffled mini-batches; a row and a checkpoint after each."""
 
-    def train(self, ctx: StageContext) -> None:
+    step_key = "epoch"
+
+    def __init__(self, ctx: StageContext) -> None:
         exp = ctx.experiment
         cfg: ClassificationTrain = exp.train
-        device = resolve_device(cfg.device, f"experiments.{exp.name}.train.device")
-        info = load_manifest(ctx.data_dir)
+        self.exp, self.cfg = exp, cfg
+        self.device = resolve_device(cfg.device, f"experiments.{exp.name}.train.device")
+        self.info = load_manifest(ctx.data_dir)
         train_split = load_split(ctx.data_dir, "train")
         if cfg.max_train_examples and cfg.max_train_examples < len(train_split["labels"]):
             keep = torch.randperm(
                 len(train_split["labels"]), generator=torch.Generator().manual_seed(cfg.seed)
             )[: cfg.max_train_examples]
             train_split = {k: v[keep] for k, v in train_split.items()}
-        train_data = Normalized(train_split, info, device)
-        val_data = Normalized(load_split(ctx.data_dir, "val"), info, device)
+        self.train_data = Normalized(train_split, self.info, self.device)
+        self.val_data = Normalized(load_split(ctx.data_dir, "val"), self.info, self.device)
 
         torch.manual_seed(cfg.seed)
-        model = build_model(exp.section, info).to(device)
-        optimizer = adam(model.parameters(), cfg.lr, cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_decay)
-        checkpointer = Checkpointer(ctx.checkpoint_path, exp.params_hash)
-        history: list[dict[str, float]] = []
-        start_epoch = 0
-        if state := checkpointer.load():
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            history, start_epoch = state["history"], state["epoch"]
-            print(f"[hypermeta] {exp.name}: resuming after epoch {start_epoch} of {cfg.epochs}")
-            for row in history:  # the new MLflow run shows the whole curve
-                ctx.tracker.log_metrics(row, step=row["epoch"])
+        self.model = build_model(exp.section, self.info).to(self.device)
+        self.optimizer = adam(self.model.parameters(), cfg.lr, cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=cfg.lr_decay)
+        self.label, self.rounds = exp.name, cfg.epochs
+        self.steps = -(-len(self.train_data) // cfg.batch_size)
 
-        for epoch in range(start_epoch, cfg.epochs):
-            began = time.perf_counter()
-            model.train()
-            # Seeded per epoch, so a resumed run draws exactly the batches it would have.
-            order = torch.randperm(
-                len(train_data), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-            ).to(device)
-            batches = order.split(cfg.batch_size)
-            seen, loss_sum, correct = 0, 0.0, 0
-            bar = progress(batches, desc=f"{exp.name} epoch {epoch + 1}/{cfg.epochs}")
-            for index in bar:
-                x, y = train_data.batch(index)
-                with autocast(device, cfg.amp):
-                    logits = model(x).float()
-                loss = F.cross_entropy(logits, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                seen += len(y)
-                loss_sum += loss.item() * len(y)
-                correct += (logits.argmax(1) == y).sum().item()
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", refresh=False)
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
-            val = score(model, val_data, 1000, cfg.amp)
-            row = {
-                "epoch": epoch + 1,
-                "train_loss": loss_sum / seen,
-                "train_accuracy": correct / seen,
-                "val_loss": val["loss"],
-                "val_accuracy": val["accuracy"],
-                "lr": lr,
-                "epoch_seconds": time.perf_counter() - began,
-            }
-            history.append(row)
-            ctx.tracker.log_metrics(row, step=epoch + 1)
-            print(
-                f"[hypermeta] {exp.name} epoch {epoch + 1}/{cfg.epochs}: "
-                f"train loss {row['train_loss']:.4f}, val accuracy {row['val_accuracy']:.4f}"
-            )
-            checkpointer.save(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "epoch": epoch + 1,
-                    "history": history,
-                }
-            )
+    def state(self, round: int, step: int) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": round,
+        }
 
-        torch_save(
-            ctx.model_path,
-            {
-                "experiment": exp.section,
-                "data_info": info,
-                "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-                "history": history,
-            },
+    def restore(self, state: dict[str, Any]) -> tuple[int, int]:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        return state["epoch"], 0
+
+    def resumed(self, round: int, step: int) -> str:
+        return f"after epoch {round} of {self.cfg.epochs}"
+
+    def begin_round(self, round: int, step: int) -> str:
+        self.began = time.perf_counter()
+        self.model.train()
+        # Seeded per epoch, so a resumed run draws exactly the batches it would have.
+        order = torch.randperm(
+            len(self.train_data),
+            generator=torch.Generator().manual_seed(self.cfg.seed * 1000 + round),
+        ).to(self.device)
+        self.batches = order.split(self.cfg.batch_size)
+        self.seen, self.loss_sum, self.correct = 0, 0.0, 0
+        return f"epoch {round + 1}/{self.cfg.epochs}"
+
+    def step(self, round: int, step: int) -> None:
+        x, y = self.train_data.batch(self.batches[step])
+        with autocast(self.device, self.cfg.amp):
+            logits = self.model(x).float()
+        loss = F.cross_entropy(logits, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.seen += len(y)
+        self.loss_sum += loss.item() * len(y)
+        self.correct += (logits.argmax(1) == y).sum().item()
+
+    def postfix(self, last: Row | None) -> dict[str, str]:
+        return {"loss": f"{self.loss_sum / self.seen:.4f}"}
+
+    def row(self, round: int, done: int) -> Row:
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        val = score(self.model, self.val_data, 1000, self.cfg.amp)
+        return {
+            "epoch": round + 1,
+            "train_loss": self.loss_sum / self.seen,
+            "train_accuracy": self.correct / self.seen,
+            "val_loss": val["loss"],
+            "val_accuracy": val["accuracy"],
+            "lr": lr,
+            "epoch_seconds": time.perf_counter() - self.began,
+        }
+
+    def line(self, row: Row) -> str:
+        return (
+            f"epoch {row['epoch']}/{self.cfg.epochs}: "
+            f"train loss {row['train_loss']:.4f}, val accuracy {row['val_accuracy']:.4f}"
         )
-        write_json(ctx.history_path, history)
+
+    def saved(self) -> dict[str, Any]:
+        return {
+            "experiment": self.exp.section,
+            "data_info": self.info,
+            "state_dict": on_cpu(self.model.state_dict()),
+        }
+
+
+class ClassificationEngine(Engine):
+    kind = "classification"
+    train_config = ClassificationTrain
+    eval_config = ClassificationEval
+
+    def train(self, ctx: StageContext) -> None:
+        training = ClassificationTraining(ctx)
+        history = fit_stage(training, ctx)
+        save_trained(ctx.model_path, training.saved(), history, ctx.history_path)
 
     def trained_model(self, ctx: StageContext) -> tuple[nn.Module, str]:
         model, saved = load_trained(ctx.model_path)

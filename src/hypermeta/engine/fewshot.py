@@ -15,7 +15,6 @@ unsuffixed keys always mean `eval.batchnorm`.
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,7 +23,6 @@ import torch
 from pydantic import BeforeValidator, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from hypermeta.atomic import torch_save, write_json
 from hypermeta.config import StrictModel
 from hypermeta.data.episodes import (
     EpisodeIndex,
@@ -36,9 +34,10 @@ from hypermeta.data.episodes import (
 from hypermeta.data.prepare import load_manifest, load_split
 from hypermeta.engine import register
 from hypermeta.engine.base import Engine, StageContext
-from hypermeta.engine.checkpoint import Checkpointer
 from hypermeta.engine.classification import build_model, load_trained, standardization
 from hypermeta.engine.device import DeviceName, adam, autocast, resolve_device
+from hypermeta.engine.loop import Row, Training, fit_stage, on_cpu, save_trained
+from hypermeta.engine.schedule import lr_scheduler
 from hypermeta.errors import HypermetaError
 from hypermeta.methods.fewshot_base import RETIRED_REGIMES, BatchNormRegime, FewShotLearner
 from hypermeta.progress import progress
@@ -168,12 +167,123 @@ def check_regimes(learner: FewShotLearner, cfg: FewShotEval, where: str) -> None
         learner.check_batchnorm(regime, f"{where}.also_batchnorm.{index}")
 
 
-def lr_factor(cfg: FewShotTrain, iteration: int) -> float:
-    if cfg.lr_schedule == "step":
-        return cfg.lr_decay ** (iteration // cfg.lr_decay_every)
-    if cfg.lr_schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * iteration / cfg.iterations))
-    return 1.0
+class FewShotTraining(Training):
+    """Seeded meta-batches, one meta-step each; every `val_every` iterations a row on
+    the fixed validation episodes and a checkpoint."""
+
+    step_key = "iteration"
+
+    def __init__(self, ctx: StageContext) -> None:
+        exp = ctx.experiment
+        cfg: FewShotTrain = exp.train
+        self.cfg, self.exp = cfg, exp
+        self.batchnorm = exp.eval.batchnorm
+        self.device = resolve_device(cfg.device, f"experiments.{exp.name}.train.device")
+        self.info = load_manifest(ctx.data_dir)
+        self.setting = EpisodeSetting(cfg.n_way, cfg.k_shot, cfg.query)
+        self.train_sampler = split_sampler(ctx.data_dir, "train", self.info, self.device)
+        self.val_sampler = split_sampler(ctx.data_dir, "val", self.info, self.device)
+        self.train_sampler.check(self.setting, f"experiments.{exp.name}.train (train split)")
+        self.val_sampler.check(self.setting, f"experiments.{exp.name}.train (val split)")
+        self.val_index = self.val_sampler.fixed_episodes(self.setting, cfg.val_episodes, cfg.seed)
+
+        torch.manual_seed(cfg.seed)
+        self.learner = build_model(exp.section, self.info).to(self.device)
+        if not isinstance(self.learner, FewShotLearner):
+            raise HypermetaError(f"method {exp.method!r} does not build a FewShotLearner.")
+        check_ways(
+            self.learner,
+            cfg.n_way,
+            f"experiments.{exp.name}.train.n_way",
+            "make it agree with n_way in the model section",
+        )
+        check_regimes(self.learner, exp.eval, f"experiments.{exp.name}.eval")
+        self.optimizer = adam(self.learner.parameters(), cfg.lr, cfg.weight_decay)
+        self.scheduler = lr_scheduler(
+            self.optimizer, cfg.lr_schedule, cfg.iterations, cfg.lr_decay, cfg.lr_decay_every
+        )
+        self.label, self.rounds, self.steps = exp.name, 1, cfg.iterations
+        self.row_every = self.checkpoint_every = cfg.val_every
+        self.window: dict[str, float] = {}  # sums of meta_step's numbers since the last row
+        self.window_steps, self.elapsed = 0, 0.0
+
+    def state(self, round: int, step: int) -> dict[str, Any]:
+        return {
+            "model": self.learner.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "iteration": round * self.steps + step,
+            "elapsed": self.elapsed,
+        }
+
+    def restore(self, state: dict[str, Any]) -> tuple[int, int]:
+        self.learner.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.elapsed = state["elapsed"]
+        return divmod(state["iteration"], self.steps)
+
+    def resumed(self, round: int, step: int) -> str:
+        return f"after meta-iteration {round * self.steps + step}"
+
+    def begin_round(self, round: int, step: int) -> str:
+        self.began = time.perf_counter()
+        return "meta-training"
+
+    def step(self, round: int, step: int) -> None:
+        self.learner.train()
+        self.learner.on_iteration(step, self.cfg.iterations)
+        # Seeded per iteration: a resumed run draws exactly the tasks it would have.
+        episodes = self.train_sampler.sample(
+            self.setting, self.cfg.meta_batch, seeded_generator("train", self.cfg.seed, step)
+        )
+        self.lr = self.optimizer.param_groups[0]["lr"]
+        with autocast(self.device, self.cfg.amp):
+            stats = self.learner.meta_step(episodes, self.optimizer)
+        self.scheduler.step()
+        for key, value in stats.items():
+            self.window[key] = self.window.get(key, 0.0) + value
+        self.window_steps += 1
+
+    def row(self, round: int, done: int) -> Row:
+        self.elapsed += time.perf_counter() - self.began
+        val = episode_accuracies(
+            self.learner,
+            self.val_sampler,
+            self.setting,
+            self.val_index,
+            self.batchnorm,
+            self.cfg.meta_batch,
+            self.cfg.amp,
+        )
+        val_mean, val_half = mean_interval(val)
+        row = {
+            "iteration": done,
+            **{f"train_{key}": value / self.window_steps for key, value in self.window.items()},
+            "val_accuracy": val_mean,
+            "val_accuracy_ci95": val_half,
+            "lr": self.lr,
+            "train_seconds": self.elapsed,
+        }
+        self.window, self.window_steps = {}, 0
+        self.began = time.perf_counter()  # validation time is not training time
+        return row
+
+    def line(self, row: Row) -> str:
+        return (
+            f"{row['iteration']}/{self.cfg.iterations}: train loss "
+            f"{row.get('train_loss', float('nan')):.4f}, val accuracy {row['val_accuracy']:.4f}"
+        )
+
+    def postfix(self, last: Row | None) -> dict[str, str]:
+        return {"val_accuracy": f"{last['val_accuracy']:.3f}"} if last else {}
+
+    def saved(self) -> dict[str, Any]:
+        return {
+            "experiment": self.exp.section,
+            "data_info": self.info,
+            "state_dict": on_cpu(self.learner.state_dict()),
+        }
 
 
 class FewShotEngine(Engine):
@@ -182,107 +292,9 @@ class FewShotEngine(Engine):
     eval_config = FewShotEval
 
     def train(self, ctx: StageContext) -> None:
-        exp = ctx.experiment
-        cfg: FewShotTrain = exp.train
-        batchnorm = exp.eval.batchnorm
-        device = resolve_device(cfg.device, f"experiments.{exp.name}.train.device")
-        info = load_manifest(ctx.data_dir)
-        setting = EpisodeSetting(cfg.n_way, cfg.k_shot, cfg.query)
-        train_sampler = split_sampler(ctx.data_dir, "train", info, device)
-        val_sampler = split_sampler(ctx.data_dir, "val", info, device)
-        train_sampler.check(setting, f"experiments.{exp.name}.train (train split)")
-        val_sampler.check(setting, f"experiments.{exp.name}.train (val split)")
-        val_index = val_sampler.fixed_episodes(setting, cfg.val_episodes, cfg.seed)
-
-        torch.manual_seed(cfg.seed)
-        learner = build_model(exp.section, info).to(device)
-        if not isinstance(learner, FewShotLearner):
-            raise HypermetaError(f"method {exp.method!r} does not build a FewShotLearner.")
-        check_ways(
-            learner,
-            cfg.n_way,
-            f"experiments.{exp.name}.train.n_way",
-            "make it agree with n_way in the model section",
-        )
-        check_regimes(learner, exp.eval, f"experiments.{exp.name}.eval")
-        optimizer = adam(learner.parameters(), cfg.lr, cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(cfg, i))
-        checkpointer = Checkpointer(ctx.checkpoint_path, exp.params_hash)
-        history: list[dict[str, float]] = []
-        start, elapsed = 0, 0.0
-        if state := checkpointer.load():
-            learner.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            history, start, elapsed = state["history"], state["iteration"], state["elapsed"]
-            print(f"[hypermeta] {exp.name}: resuming after meta-iteration {start}")
-            for row in history:
-                ctx.tracker.log_metrics(row, step=row["iteration"])
-
-        window: dict[str, float] = {}  # sums of meta_step's numbers since the last row
-        window_steps = 0
-        began = time.perf_counter()
-        bar = progress(range(start, cfg.iterations), desc=f"{exp.name} meta-training")
-        for iteration in bar:
-            learner.train()
-            learner.on_iteration(iteration, cfg.iterations)
-            # Seeded per iteration: a resumed run draws exactly the tasks it would have.
-            episodes = train_sampler.sample(
-                setting, cfg.meta_batch, seeded_generator("train", cfg.seed, iteration)
-            )
-            lr = optimizer.param_groups[0]["lr"]
-            with autocast(device, cfg.amp):
-                stats = learner.meta_step(episodes, optimizer)
-            scheduler.step()
-            for key, value in stats.items():
-                window[key] = window.get(key, 0.0) + value
-            window_steps += 1
-            done = iteration + 1
-            if done % cfg.val_every and done != cfg.iterations:
-                continue
-            elapsed += time.perf_counter() - began
-            val = episode_accuracies(
-                learner, val_sampler, setting, val_index, batchnorm, cfg.meta_batch, cfg.amp
-            )
-            val_mean, val_half = mean_interval(val)
-            row = {
-                "iteration": done,
-                **{f"train_{key}": value / window_steps for key, value in window.items()},
-                "val_accuracy": val_mean,
-                "val_accuracy_ci95": val_half,
-                "lr": lr,
-                "train_seconds": elapsed,
-            }
-            window, window_steps = {}, 0
-            history.append(row)
-            ctx.tracker.log_metrics(row, step=done)
-            bar.set_postfix(val_accuracy=f"{val_mean:.3f}", refresh=False)
-            print(
-                f"[hypermeta] {exp.name} {done}/{cfg.iterations}: train loss "
-                f"{row.get('train_loss', float('nan')):.4f}, val accuracy {val_mean:.4f}"
-            )
-            checkpointer.save(
-                {
-                    "model": learner.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "iteration": done,
-                    "history": history,
-                    "elapsed": elapsed,
-                }
-            )
-            began = time.perf_counter()  # validation time is not training time
-
-        torch_save(
-            ctx.model_path,
-            {
-                "experiment": exp.section,
-                "data_info": info,
-                "state_dict": {k: v.cpu() for k, v in learner.state_dict().items()},
-                "history": history,
-            },
-        )
-        write_json(ctx.history_path, history)
+        training = FewShotTraining(ctx)
+        history = fit_stage(training, ctx)
+        save_trained(ctx.model_path, training.saved(), history, ctx.history_path)
 
     def trained_model(self, ctx: StageContext) -> tuple[torch.nn.Module, str]:
         learner, saved = load_trained(ctx.model_path)

@@ -11,7 +11,6 @@ inner loop (plain SGD at the learner's inner lr, `eval.finetune_lr` to change it
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any, Literal
 
@@ -19,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from hypermeta.atomic import torch_save, write_json
 from hypermeta.config import StrictModel
 from hypermeta.data.episodes import Episodes
 from hypermeta.data.prepare import load_manifest
@@ -31,14 +29,14 @@ from hypermeta.data.sine import (
 )
 from hypermeta.engine import register
 from hypermeta.engine.base import Engine, StageContext
-from hypermeta.engine.checkpoint import Checkpointer
 from hypermeta.engine.classification import build_model, load_trained
 from hypermeta.engine.device import DeviceName, adam, resolve_device
+from hypermeta.engine.loop import Row, Training, fit_stage, on_cpu, save_trained
+from hypermeta.engine.schedule import lr_scheduler
 from hypermeta.errors import HypermetaError
 from hypermeta.methods.gradient.learner import GradientMetaLearner
 from hypermeta.methods.maml import MAML
 from hypermeta.nn import MLP
-from hypermeta.progress import progress
 from hypermeta.stats import mean_interval
 
 
@@ -68,12 +66,6 @@ class RegressionEval(StrictModel):
     confidence: float = Field(0.95, gt=0, lt=1)
 
 
-def lr_factor(cfg: RegressionTrain, iteration: int) -> float:
-    if cfg.lr_schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * iteration / cfg.meta_iterations))
-    return 1.0
-
-
 def pretrained_baseline(data_info: dict[str, Any], learner: GradientMetaLearner) -> MLP:
     return MLP(data_info["input_dim"], learner.config.mlp_hidden, data_info["output_dim"])
 
@@ -97,120 +89,136 @@ def load_pair(ctx: StageContext) -> tuple[GradientMetaLearner, MLP, dict[str, An
     return learner, baseline.eval(), saved
 
 
+class RegressionTraining(Training):
+    """Seeded meta-batches of sine tasks: a meta-step of the learner and a plain
+    regression step of the baseline on each; rows every `log_every` iterations (val MSE),
+    checkpoints every `checkpoint_every`."""
+
+    step_key = "iteration"
+
+    def __init__(self, ctx: StageContext) -> None:
+        exp = ctx.experiment
+        cfg: RegressionTrain = exp.train
+        self.cfg, self.exp = cfg, exp
+        self.device = device = resolve_device(cfg.device, f"experiments.{exp.name}.train.device")
+        self.info = load_manifest(ctx.data_dir)
+        if self.info.get("task") != "regression":
+            raise HypermetaError(
+                f"experiments.{exp.name} uses the regression engine on dataset {exp.dataset!r}, "
+                "which is not a regression dataset; use dataset: sine."
+            )
+        torch.manual_seed(cfg.seed)
+        self.learner: GradientMetaLearner = build_model(exp.section, self.info).to(device)
+        self.baseline = pretrained_baseline(self.info, self.learner).to(device)
+        self.optimizer = adam(self.learner.parameters(), cfg.outer_lr)
+        self.baseline_optimizer = adam(self.baseline.parameters(), cfg.outer_lr)
+        self.scheduler = lr_scheduler(self.optimizer, cfg.lr_schedule, cfg.meta_iterations)
+        self.tasks = torch.Generator().manual_seed(cfg.seed)
+        _, val = evaluation_tasks(cfg.val_tasks, cfg.k_shot, 100, seed=cfg.seed + 1)
+        self.val = val.to(device)
+        self.label, self.rounds, self.steps = exp.name, 1, cfg.meta_iterations
+        self.row_every, self.checkpoint_every = cfg.log_every, cfg.checkpoint_every
+        self.window = {"loss": 0.0, "baseline_loss": 0.0, "n": 0}  # sums since the last row
+
+    def state(self, round: int, step: int) -> dict[str, Any]:
+        return {
+            "model": self.learner.state_dict(),
+            "baseline": self.baseline.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "baseline_optimizer": self.baseline_optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "task_generator": self.tasks.get_state(),
+            "iteration": round * self.steps + step,
+            "window": self.window,  # a row after a resume averages every iteration
+        }
+
+    def restore(self, state: dict[str, Any]) -> tuple[int, int]:
+        self.learner.load_state_dict(state["model"])
+        self.baseline.load_state_dict(state["baseline"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.baseline_optimizer.load_state_dict(state["baseline_optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.tasks.set_state(state["task_generator"])
+        self.window = state["window"]
+        return divmod(state["iteration"], self.steps)
+
+    def resumed(self, round: int, step: int) -> str:
+        return f"after iteration {round * self.steps + step}"
+
+    def begin_round(self, round: int, step: int) -> str:
+        self.began = time.perf_counter()
+        return "meta-training"
+
+    def step(self, round: int, step: int) -> None:
+        self.learner.train()
+        self.learner.on_iteration(step, self.cfg.meta_iterations)
+        episodes = sample_episodes(
+            sample_tasks(self.cfg.meta_batch, self.tasks),
+            self.cfg.k_shot,
+            self.cfg.n_query,
+            self.tasks,
+        ).to(self.device)
+        self.lr = self.optimizer.param_groups[0]["lr"]
+        record = self.learner.meta_step(episodes, self.optimizer)
+        self.scheduler.step()
+        self.window["loss"] += record["loss"]
+        self.window["baseline_loss"] += baseline_step(
+            self.baseline, self.baseline_optimizer, episodes
+        )
+        self.window["n"] += 1
+
+    def row(self, round: int, done: int) -> Row:
+        self.learner.eval()
+        with torch.no_grad():
+            val_mse = task_mse(self.learner.query_logits(self.val), self.val.query_y).mean().item()
+        row = {
+            "epoch": done,  # the x axis of save_curves: here, iterations
+            "iteration": done,
+            "train_loss": self.window["loss"] / self.window["n"],
+            "baseline_train_loss": self.window["baseline_loss"] / self.window["n"],
+            "val_mse": val_mse,
+            "lr": self.lr,
+            "seconds": time.perf_counter() - self.began,
+        }
+        self.window = {"loss": 0.0, "baseline_loss": 0.0, "n": 0}
+        return row
+
+    def postfix(self, last: Row | None) -> dict[str, str]:
+        if last is None:
+            return {}
+        return {"loss": f"{last['train_loss']:.3f}", "val_mse": f"{last['val_mse']:.3f}"}
+
+    def saved(self) -> dict[str, Any]:
+        return {
+            "experiment": self.exp.section,
+            "data_info": self.info,
+            "state_dict": on_cpu(self.learner.state_dict()),
+            "baseline_state_dict": on_cpu(self.baseline.state_dict()),
+        }
+
+
+def baseline_step(baseline: MLP, optimizer: torch.optim.Optimizer, episodes: Episodes) -> float:
+    """One step of plain regression on every point of the meta-batch, tasks mixed."""
+    x = torch.cat([episodes.support_x, episodes.query_x], 1).flatten(0, 1)
+    y = torch.cat([episodes.support_y, episodes.query_y], 1).flatten(0, 1)
+    loss = F.mse_loss(baseline(x), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
 class RegressionEngine(Engine):
     kind = "regression"
     train_config = RegressionTrain
     eval_config = RegressionEval
 
     def train(self, ctx: StageContext) -> None:
-        exp = ctx.experiment
-        cfg: RegressionTrain = exp.train
-        device = resolve_device(cfg.device, f"experiments.{exp.name}.train.device")
-        info = load_manifest(ctx.data_dir)
-        if info.get("task") != "regression":
-            raise HypermetaError(
-                f"experiments.{exp.name} uses the regression engine on dataset {exp.dataset!r}, "
-                "which is not a regression dataset; use dataset: sine."
-            )
-        torch.manual_seed(cfg.seed)
-        learner: GradientMetaLearner = build_model(exp.section, info).to(device)
-        baseline = pretrained_baseline(info, learner).to(device)
-        optimizer = adam(learner.parameters(), cfg.outer_lr)
-        baseline_optimizer = adam(baseline.parameters(), cfg.outer_lr)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(cfg, i))
-        tasks = torch.Generator().manual_seed(cfg.seed)
-        _, val = evaluation_tasks(cfg.val_tasks, cfg.k_shot, 100, seed=cfg.seed + 1)
-        val = val.to(device)
-
-        checkpointer = Checkpointer(ctx.checkpoint_path, exp.params_hash)
-        history: list[dict[str, float]] = []
-        start = 0
-        window = {"loss": 0.0, "baseline_loss": 0.0, "n": 0}  # sums since the last row
-        if state := checkpointer.load():
-            learner.load_state_dict(state["model"])
-            baseline.load_state_dict(state["baseline"])
-            optimizer.load_state_dict(state["optimizer"])
-            baseline_optimizer.load_state_dict(state["baseline_optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            tasks.set_state(state["task_generator"])
-            history, start, window = state["history"], state["iteration"], state["window"]
-            print(f"[hypermeta] {exp.name}: resuming after iteration {start}")
-            for row in history:
-                ctx.tracker.log_metrics(row, step=row["iteration"])
-
-        began = time.perf_counter()
-        bar = progress(range(start, cfg.meta_iterations), desc=f"{exp.name} meta-training")
-        for iteration in bar:
-            learner.train()
-            learner.on_iteration(iteration, cfg.meta_iterations)
-            episodes = sample_episodes(
-                sample_tasks(cfg.meta_batch, tasks), cfg.k_shot, cfg.n_query, tasks
-            ).to(device)
-            lr = optimizer.param_groups[0]["lr"]
-            record = learner.meta_step(episodes, optimizer)
-            scheduler.step()
-            window["loss"] += record["loss"]
-            window["baseline_loss"] += self._baseline_step(baseline, baseline_optimizer, episodes)
-            window["n"] += 1
-
-            done = iteration + 1
-            if done % cfg.log_every == 0 or done == cfg.meta_iterations:
-                learner.eval()
-                with torch.no_grad():
-                    val_mse = task_mse(learner.query_logits(val), val.query_y).mean().item()
-                row = {
-                    "epoch": done,  # the x axis of save_curves: here, iterations
-                    "iteration": done,
-                    "train_loss": window["loss"] / window["n"],
-                    "baseline_train_loss": window["baseline_loss"] / window["n"],
-                    "val_mse": val_mse,
-                    "lr": lr,
-                    "seconds": time.perf_counter() - began,
-                }
-                history.append(row)
-                ctx.tracker.log_metrics(row, step=done)
-                bar.set_postfix(
-                    loss=f"{row['train_loss']:.3f}", val_mse=f"{val_mse:.3f}", refresh=False
-                )
-                window = {"loss": 0.0, "baseline_loss": 0.0, "n": 0}
-            if done % cfg.checkpoint_every == 0 or done == cfg.meta_iterations:
-                checkpointer.save(
-                    {
-                        "model": learner.state_dict(),
-                        "baseline": baseline.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "baseline_optimizer": baseline_optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "task_generator": tasks.get_state(),
-                        "iteration": done,
-                        "history": history,
-                        "window": window,  # a row after a resume averages every iteration
-                    }
-                )
+        training = RegressionTraining(ctx)
+        history = fit_stage(training, ctx)
         if history:
-            print(f"[hypermeta] {exp.name}: val MSE {history[-1]['val_mse']:.4f}")
-        torch_save(
-            ctx.model_path,
-            {
-                "experiment": exp.section,
-                "data_info": info,
-                "state_dict": {k: v.cpu() for k, v in learner.state_dict().items()},
-                "baseline_state_dict": {k: v.cpu() for k, v in baseline.state_dict().items()},
-                "history": history,
-            },
-        )
-        write_json(ctx.history_path, history)
-
-    @staticmethod
-    def _baseline_step(baseline: MLP, optimizer: torch.optim.Optimizer, episodes: Episodes):
-        """One step of plain regression on every point of the meta-batch, tasks mixed."""
-        x = torch.cat([episodes.support_x, episodes.query_x], 1).flatten(0, 1)
-        y = torch.cat([episodes.support_y, episodes.query_y], 1).flatten(0, 1)
-        loss = F.mse_loss(baseline(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss.item()
+            print(f"[hypermeta] {ctx.experiment.name}: val MSE {history[-1]['val_mse']:.4f}")
+        save_trained(ctx.model_path, training.saved(), history, ctx.history_path)
 
     def trained_model(self, ctx: StageContext) -> tuple[torch.nn.Module, str]:
         learner, _ = load_trained(ctx.model_path)

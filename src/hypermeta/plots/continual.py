@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 from hypermeta.engine.base import StageContext
-from hypermeta.engine.continual import accuracy_as_tasks_arrive, load_trained, mean_matrix
+from hypermeta.engine.continual import load_trained
+from hypermeta.engine.continual_accuracy import accuracy_as_tasks_arrive, mean_matrix
 from hypermeta.plots import register
 from hypermeta.plots.base import Plotter
 from hypermeta.viz import MARKERS, _save, distinct_colours, legend_below, pyplot

@@ -6,24 +6,35 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 from hypermeta.atomic import write_text
-from hypermeta.data.text import Vocabulary
+from hypermeta.data.text import Vocabulary, from_display
 from hypermeta.engine.base import StageContext
 from hypermeta.engine.device import resolve_device
-from hypermeta.engine.language_model import (
-    LanguageModelEval,
-    generate,
-    hyper_scales,
-    load_trained,
-    use_threads,
-)
+from hypermeta.engine.language_model import LanguageModelEval, load_trained, use_threads
+from hypermeta.engine.text_generation import generate
+from hypermeta.errors import HypermetaError
 from hypermeta.hyper.hyperlstm import GATES, HyperLSTM
 from hypermeta.nn.lstm import CharLanguageModel
 from hypermeta.plots import register
 from hypermeta.plots.base import Plotter
 from hypermeta.viz import _save, pyplot, save_curves
+
+
+@torch.no_grad()
+def hyper_scales(model: CharLanguageModel, vocab: Vocabulary, text: str) -> Tensor:
+    """d_h(z) of the first layer over `text`: `[4 gates, H, T]`, scales of W_h per step."""
+    if not isinstance(model.rnn, HyperLSTM):
+        raise HypermetaError("weight scales exist only for a HyperLSTM model.")
+    model.eval()
+    device = next(model.parameters()).device
+    tokens = vocab.encode(from_display(text)).tokens.long().view(-1, 1).to(device)
+    state = model.initial_state(1, device)
+    _, _, scales = model.rnn.run(model.embedding(tokens), state, keep_scales=True)
+    steps = scales[0][:, 0]  # [T, 4H]
+    return steps.view(len(tokens), 4, -1).permute(1, 2, 0).cpu()
 
 
 def save_scale_heatmap(scales: Tensor, text: str, path: Path, title: str, units: int = 32) -> Path:

@@ -351,8 +351,9 @@ def test_the_train_stage_killed_inside_an_epoch_resumes_exactly(tmp_path, monkey
     """The engine's train stage, killed inside the epoch after one without validation gain:
     the hidden state, the dropout random stream, the running sums, the decayed lr and the
     early-stopping count come back, so the saved model is the uninterrupted run's to the bit."""
-    from hypermeta.config import Params, resolve
+    from hypermeta.config import Params
     from hypermeta.engine import StageContext, get_engine
+    from hypermeta.experiments import resolve
     from hypermeta.tracking import NullTracker
 
     prepared_text(tmp_path / "data")

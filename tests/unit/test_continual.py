@@ -81,8 +81,7 @@ def test_hnet_counts_the_weights_it_generates_and_the_hypernetwork_it_trains():
     }
     assert parameter_cost(learner.network, "0.weight") == 2_688
     x = torch.randn(5, 10)
-    generated = functional_call(learner.network.target, learner.hnet(1), (x,))
-    assert torch.equal(learner(x, 1), generated)
+    assert torch.equal(learner(x, 1), functional_call(learner.target, learner.hnet(1), (x,)))
     assert torch.equal(learner.all_task_logits(x)[0], learner(x, 0))
 
 

@@ -40,12 +40,14 @@ class HNETConfig(MainNetConfig):
 
 
 class HNETLearner(ContinualLearner):
+    network: GeneratedModel  # the target run with the weights hnet generates for a task id
+
     def __init__(self, config: HNETConfig, data_info: dict[str, Any]) -> None:
         num_tasks, classes = data_info["num_tasks"], data_info["classes_per_task"]
         super().__init__(num_tasks, classes)
-        target = mlp(data_info["input_size"], config.hidden, classes)
-        shapes = take_parameters(target, list(target_shapes(target)))
-        hnet = ChunkedHypernet(
+        self.target = mlp(data_info["input_size"], config.hidden, classes)
+        shapes = take_parameters(self.target, list(target_shapes(self.target)))
+        self.hnet = ChunkedHypernet(
             shapes,
             num_tasks,
             config.task_dim,
@@ -53,16 +55,15 @@ class HNETLearner(ContinualLearner):
             config.chunk_size,
             config.hnet_hidden,
         )
-        # the target run with the weights the hypernetwork generates for a task id
-        self.network = GeneratedModel(target, hnet)
+        # `target` and `hnet` stay the learner's children, so the state_dict keys of saved
+        # models and checkpoints stay `hnet.*` (an earlier run's checkpoint resumes);
+        # `network` runs them as one GeneratedModel and is kept out of the module tree so
+        # that nothing is registered, saved or loaded twice.
+        object.__setattr__(self, "network", GeneratedModel(self.target, self.hnet))
         self.beta, self.lookahead = config.beta, config.lookahead
         self.lookahead_step = config.lookahead_step
         # h(e_t; Θ*) for every finished task, refreshed at the end of each task.
-        self.register_buffer("stored_targets", torch.zeros(num_tasks, hnet.num_weights))
-
-    @property
-    def hnet(self) -> ChunkedHypernet:
-        return self.network.generator
+        self.register_buffer("stored_targets", torch.zeros(num_tasks, self.hnet.num_weights))
 
     def forward(self, x: torch.Tensor, task: int) -> torch.Tensor:
         return self.network(x, condition=task)

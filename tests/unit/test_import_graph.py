@@ -30,6 +30,14 @@ def import_graph() -> dict[str, set[str]]:
             name = name.rpartition(".")[0]
         return name or None
 
+    # packages whose __init__ imports nothing of hypermeta: running it pulls nothing in
+    inert = {
+        name
+        for name, path in known.items()
+        if path.name == "__init__.py"
+        and "import hypermeta" not in path.read_text()
+        and "from hypermeta" not in path.read_text()
+    }
     graph: dict[str, set[str]] = {name: set() for name in known}
     for name, path in known.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
@@ -50,8 +58,9 @@ def import_graph() -> dict[str, set[str]]:
                     graph[name].add(module)  # its own package too, e.g. for `register`
                 while module and module != "hypermeta":  # and the packages above it
                     module = module.rpartition(".")[0]
-                    if module != name and not name.startswith(module + "."):
-                        graph[name].add(module)
+                    if module in inert or module == name or name.startswith(module + "."):
+                        continue
+                    graph[name].add(module)
     return graph
 
 
@@ -97,3 +106,60 @@ def test_the_graph_sees_imports_of_every_form():
 
 def test_no_module_imports_itself_through_others():
     assert cycles(import_graph()) == []
+
+
+# docs/ARCHITECTURE.md's layers, bottom first: a module imports only from its own layer
+# and those below. The most specific prefix places a module.
+LAYERS = {
+    "foundation": [
+        "hypermeta",
+        "hypermeta.errors",
+        "hypermeta.atomic",
+        "hypermeta.paths",
+        "hypermeta.registry",
+        "hypermeta.progress",
+        "hypermeta.stats",
+        "hypermeta.config",
+        "hypermeta.data.registry",
+        "hypermeta.tracking",
+        "hypermeta.tracking_server",
+    ],
+    "data": ["hypermeta.data"],
+    "networks": ["hypermeta.nn", "hypermeta.hyper", "hypermeta.continual"],
+    "methods": ["hypermeta.methods"],
+    "engines": ["hypermeta.engine"],
+    "experiments": ["hypermeta.experiments"],
+    "stages and tools": [
+        "hypermeta.stages",
+        "hypermeta.plots",
+        "hypermeta.report",
+        "hypermeta.viz",
+        "hypermeta.sources",
+        "hypermeta.dag",
+        "hypermeta.cli",
+        "hypermeta.fewshot_cli",
+        "hypermeta.lm_cli",
+    ],
+}
+
+
+def layer_of(module: str) -> int:
+    placed = [
+        (len(prefix), level)
+        for level, prefixes in enumerate(LAYERS.values())
+        for prefix in prefixes
+        if module == prefix or module.startswith(prefix + ".")
+    ]
+    assert placed, f"{module} is in no layer of LAYERS (docs/ARCHITECTURE.md)"
+    return max(placed)[1]
+
+
+def test_every_module_imports_only_its_own_layer_and_those_below():
+    names = list(LAYERS)
+    upward = [
+        f"{module} ({names[layer_of(module)]}) imports {other} ({names[layer_of(other)]})"
+        for module, imported in import_graph().items()
+        for other in imported
+        if layer_of(other) > layer_of(module)
+    ]
+    assert upward == []

@@ -28,8 +28,8 @@ paper: install ## run the whole pipeline on the paper profile (one GPU, hours)
 test: install browser ## run the test suite (unit + integration with real snakemake/dvc/mlflow)
 	$(PY) -m pytest
 
-test-fast: install browser ## unit tests only, no pipeline run (minutes)
-	$(PY) -m pytest -m "not integration"
+test-fast: install browser ## unit tests that train no model and run no pipeline (under a minute)
+	$(PY) -m pytest -m "not integration and not slow"
 
 # The report test opens reports/index.html in headless Chromium: installed here when
 # missing and this is root (as on CI); otherwise one sentence says how.

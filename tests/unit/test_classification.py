@@ -30,6 +30,7 @@ def prepared(tmp_path):
     return tmp_path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["cnn", "hypercnn"])
 def test_models_learn_a_learnable_task_far_above_chance(prepared, method):
     params = dict(BASE_PARAMS, experiments={"m": dict(BASE_PARAMS["experiments"]["cnn"])})

@@ -239,6 +239,7 @@ def toy_results(tmp_path_factory):
     return results
 
 
+@pytest.mark.slow
 def test_finetuning_forgets_task_one_and_hnet_keeps_it(toy_results):
     finetune, hnet = toy_results["finetune"], toy_results["hnet"]
     # Both learn each task when it is trained (chance is 0.5).

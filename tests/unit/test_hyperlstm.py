@@ -288,6 +288,7 @@ def word_salad(words: int, seed: int) -> str:
     return " ".join(rng.choice(lexicon) for _ in range(words)) + "\n"
 
 
+@pytest.mark.slow
 def test_a_quick_hyperlstm_run_learns_far_below_the_unigram_entropy(tmp_path):
     train_text, val_text = word_salad(6000, 0), word_salad(600, 1)
     vocab = Vocabulary.from_text(train_text)

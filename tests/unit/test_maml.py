@@ -173,6 +173,7 @@ def test_fewer_ways_use_the_first_head_columns_and_more_is_one_clear_error():
         ("reptile", ("sgd", 0.5)),  # Reptile's outer step is plain SGD with a large ε
     ],
 )
+@pytest.mark.slow
 def test_each_learner_learns_a_few_shot_task_far_above_chance(name, outer):
     """5-way 1-shot on fresh random classes (chance 20%) after 50 meta-iterations of 4
     tasks; a broken update stays near chance."""
@@ -231,6 +232,7 @@ def sine_context(tmp_path, method: str, **train) -> StageContext:
     )
 
 
+@pytest.mark.slow
 def test_sine_maml_beats_the_pretrained_baseline_after_one_step(tmp_path):
     ctx = sine_context(tmp_path, "maml_regression")
     engine = get_engine("regression")

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import ROOT
 from unit.helpers import write_params, write_prepared
@@ -33,6 +34,7 @@ def untimed_metrics(folder: Path) -> dict:
     return {k: v for k, v in metrics.items() if "seconds" not in k}
 
 
+@pytest.mark.slow
 def test_stages_give_the_same_numbers_and_figures_however_many_threads_the_launcher_sets(tmp_path):
     source = tmp_path / "project"
     source.mkdir()

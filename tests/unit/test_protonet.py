@@ -94,6 +94,7 @@ def data_dir(tmp_path_factory):
     return prepared_omniglot_small(tmp_path_factory.mktemp("omniglot"))
 
 
+@pytest.mark.slow
 def test_protonet_learns_omniglot_small_five_way_one_shot(tmp_path, data_dir):
     torch.set_num_threads(1)
     exp = fewshot_experiment(

@@ -6,10 +6,10 @@ PY := $(VENV)/bin/python
 export HYPERMETA_DATA_MIRROR ?= $(wildcard $(abspath ../shared/data))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help install browser quick paper test test-fast lint format bench ui clean
+.PHONY: help install browser quick paper paper-check test test-fast lint format bench ui clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
 install: $(VENV)/.installed ## create .venv and install pinned dependencies (once)
 
@@ -24,6 +24,14 @@ quick: install ## run the whole pipeline on the quick profile (minutes, CPU)
 
 paper: install ## run the whole pipeline on the paper profile (one GPU, hours)
 	snakemake --cores all --config profile=paper
+
+# The experiments whose published scale fits a 2-core CPU (issue: about 90 min each).
+PAPER_ON_CPU ?= cnn hypercnn maml_sine metasgd_sine hnet_split finetune_split ewc_split \
+  si_split multitask_split hnet_permuted finetune_permuted ewc_permuted si_permuted \
+  multitask_permuted
+
+paper-check: install ## paper-scale runs that fit this CPU, kept under results/ (PAPER_ON_CPU=...)
+	hypermeta paper-check $(PAPER_ON_CPU)
 
 test: install browser ## run the test suite (unit + integration with real snakemake/dvc/mlflow)
 	$(PY) -m pytest

@@ -27,7 +27,11 @@ STAGES = {
 }
 PER_EXPERIMENT = {"train", "evaluate", "visualize"}
 # User tools beyond the stages: each module exposes TOOL = (help, setup(subparser)).
-TOOL_MODULES = {"fewshot": "hypermeta.fewshot_cli", "lm": "hypermeta.lm_cli"}
+TOOL_MODULES = {
+    "fewshot": "hypermeta.fewshot_cli",
+    "lm": "hypermeta.lm_cli",
+    "paper-check": "hypermeta.paper_check",
+}
 
 
 def _stage(name: str) -> Callable[[argparse.Namespace], object]:

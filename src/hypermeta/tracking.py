@@ -393,7 +393,9 @@ def init_store(root: Path, store: Store, experiment_name: str) -> str:
     In the project's own store its artifacts go to `<repo>/mlartifacts`; a store whose
     artifacts go into another folder (a project copied or moved with its store) is
     refused, since every run would write its files there."""
-    own = not os.environ.get(URI_ENV) or store.tracking_uri.startswith("sqlite:")
+    # The project's own: through its pipeline server, or its sqlite store named or not (a
+    # paper-check workspace inside the project logs to the project's store, not its own).
+    own = not os.environ.get(URI_ENV) or store.tracking_uri == project_store_uri(root)
     with _lock(store.tracking_uri):
         experiment = store.experiment(experiment_name)
         if experiment is None:

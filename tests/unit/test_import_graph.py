@@ -139,6 +139,7 @@ LAYERS = {
         "hypermeta.cli",
         "hypermeta.fewshot_cli",
         "hypermeta.lm_cli",
+        "hypermeta.paper_check",
     ],
 }
 

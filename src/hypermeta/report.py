@@ -251,7 +251,7 @@ def not_yet_rows(params: Params, records: dict[str, PaperRecord]) -> list[tuple[
             )
         numbers = "; ".join(f"{', '.join(n)} ({source})" for source, n in by_source.items())
         if name in records:
-            why = f"its paper-scale record (results/{name}.json) does not compare these"
+            why = "its paper-scale record does not compare these"
         elif (paper := resolve(params, name, "paper").resources).gpu > 0:
             asks = f"{paper.gpu} GPU for about {format_duration(60 * paper.runtime)}"
             why = f"needs a GPU at paper scale (its paper profile asks for {asks})"
@@ -484,7 +484,7 @@ def write_report(params: Params, staging: Path, records: dict[str, PaperRecord])
     style = (
         "body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em}"
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
-        "text-align:left;overflow-wrap:break-word}img{max-width:100%;display:block;margin:1em 0}"
+        "text-align:left;overflow-wrap:anywhere}img{max-width:100%;display:block;margin:1em 0}"
         # long lines (alphabet lists, text samples) wrap instead of widening the page
         "pre{white-space:pre-wrap;overflow-wrap:anywhere;background:#f6f6f6;padding:.5em}"
     )

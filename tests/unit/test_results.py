@@ -17,6 +17,8 @@ from hypermeta.report import (
     README_BEGIN,
     README_END,
     build_report,
+    format_difference,
+    format_duration,
     paper_scale_markdown,
     readme_with_results,
 )
@@ -62,6 +64,14 @@ def test_the_readme_section_is_rewritten_between_its_markers_only():
     )
     with pytest.raises(HypermetaError, match="README.md lacks the lines"):
         readme_with_results("# title\n", "new table")
+
+
+def test_differences_and_wall_times_read_as_a_person_writes_them():
+    assert format_difference("test_error", 0.0009) == "+0.09 points"  # a percentage
+    assert format_difference("mse_k5", -0.031) == "-0.031"
+    assert [format_duration(s) for s in (7.4, 59.6, 125, 3600, 3725)] == [
+        "7 s", "1 min 00 s", "2 min 05 s", "1 h", "1 h 02 min"
+    ]  # fmt: skip
 
 
 def three_kinds_of_reference(tmp_path: Path):

@@ -336,13 +336,17 @@ def _inline_code(escaped: str) -> str:
     return re.sub(r"`([^`]*)`", r"<code>\1</code>", escaped)
 
 
+def _html_cell(text: str) -> str:
+    """A cell's text in HTML: identifiers (accuracy_20way_1shot, train.epochs=10) may
+    wrap after their `_`, `.` and `=`, intervals never; `code` is <code>."""
+    escaped = html.escape(_unbroken_interval(text))
+    return _inline_code(re.sub(r"([_=]|\.(?=[A-Za-z]))", r"\1<wbr>", escaped))
+
+
 def _html_table(header: list[str], rows: list[tuple[str, ...]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join(
-        "<tr>"
-        + "".join(f"<td>{_inline_code(html.escape(_unbroken_interval(c)))}</td>" for c in row)
-        + "</tr>"
-        for row in rows
+        "<tr>" + "".join(f"<td>{_html_cell(c)}</td>" for c in row) + "</tr>" for row in rows
     )
     return f"<table><tr>{head}</tr>{body}</table>"
 
@@ -483,8 +487,9 @@ def write_report(params: Params, staging: Path, records: dict[str, PaperRecord])
     write_text(staging / "report.md", "\n".join(md))
     style = (
         "body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
-        "text-align:left;overflow-wrap:anywhere}img{max-width:100%;display:block;margin:1em 0}"
+        "table{border-collapse:collapse;margin:1em 0;font-size:90%}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;overflow-wrap:break-word}"
+        "img{max-width:100%;display:block;margin:1em 0}"
         # long lines (alphabet lists, text samples) wrap instead of widening the page
         "pre{white-space:pre-wrap;overflow-wrap:anywhere;background:#f6f6f6;padding:.5em}"
     )

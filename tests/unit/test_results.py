@@ -156,7 +156,7 @@ def test_the_report_shows_each_record_beside_the_paper_and_why_the_rest_are_not(
     ]
     for row in rows + not_yet:  # markdown's `code` is <code> there
         assert [cell.replace("`", "") for cell in row] in cells, row
-    assert "<code>hypermeta paper-check cnn_cpu</code>" in page
+    assert "<code>hypermeta paper-check cnn_<wbr>cpu</code>" in page
     # the quick numbers beside the papers say their scale
     assert "## Ours beside the papers (quick profile)" in markdown
     assert "| experiment | metric | ours (quick profile) | paper | our data |" in markdown

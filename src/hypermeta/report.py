@@ -206,10 +206,8 @@ def paper_scale_rows(params: Params, records: dict[str, PaperRecord]) -> list[tu
     rows = []
     for record in _in_params_order(params, records):
         published = {comparison.metric: comparison for comparison in record.published}
-        if record.partial:
-            scale = "partial: " + ", ".join(f"{k}={v}" for k, v in record.overrides.items())
-        else:
-            scale = "full"
+        changed = ", ".join(f"{k}={v}" for k, v in record.overrides.items())
+        scale = ("partial: " + changed if changed else "partial") if record.partial else "full"
         wall = format_duration(record.wall_seconds) + (" (resumed)" if record.resumed else "")
         shared = (
             scale,
@@ -270,7 +268,7 @@ def paper_scale_section(params: Params, records: dict[str, PaperRecord]) -> list
             "by `hypermeta paper-check`, kept in git with the commit of the code that ran. "
             "Ours with its 95% CI; difference = ours − published (in points for a "
             "percentage); scale is full, or partial with the settings changed from the paper "
-            "profile."
+            "profile; a resumed run's wall time is the part after its resume."
         )
         blocks = [("p", intro), ("table", PAPER_SCALE_HEADER, paper_scale_rows(params, records))]
     else:

@@ -26,6 +26,7 @@ window.addEventListener("load", () => {
     too_wide: [...document.body.querySelectorAll("*")]
       .filter(e => e.getBoundingClientRect().left + e.scrollWidth > width + 0.5)
       .map(e => `<${e.tagName.toLowerCase()}> ${e.textContent.slice(0, 60)}`),
+    text: document.body.innerText,
   };
   const out = document.createElement("pre");
   out.id = "render-check";
@@ -47,7 +48,8 @@ def chromium() -> str:
 
 def render(page: Path, width: int = 1280, height: int = 900) -> dict:
     """What Chromium finds on `page` at a `width`-pixel window: image count, the alt
-    text of images that failed, scroll and window widths, and the elements too wide."""
+    text of images that failed, scroll and window widths, the elements too wide, and the
+    text as rendered (innerText: what is shown, table cells apart by tabs)."""
     with tempfile.TemporaryDirectory() as scratch:
         checked = page.with_name(f".render-check-{page.name}")
         checked.write_text(page.read_text().replace("</body>", CHECK + "</body>"))

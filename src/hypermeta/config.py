@@ -137,7 +137,8 @@ def _describe(error: dict[str, Any], prefix: str) -> str:
         return f"{path} is not a known key; remove it or check its spelling"
     if error["type"] == "missing":
         return f"{path} is required; add it"
-    return f"{path}: {error['msg']} (got {error.get('input')!r})"
+    detail = f"{error['msg']} (got {error.get('input')!r})"
+    return f"{path}: {detail}" if path else detail  # the whole file or section is wrong
 
 
 def _holds(data: Any, loc: tuple) -> bool:
@@ -154,8 +155,9 @@ def validate_section(
     data: Any,
     where: str,
     override: tuple[str, dict[str, Any]] | None = None,
+    file: str = "params.yaml",
 ) -> BaseModel:
-    """Validate `data` against `schema`, raising one sentence naming the key path.
+    """Validate `data` against `schema`, raising one sentence naming the file and key path.
 
     `override` is (where, values) of a profile override merged into `data`: a bad key
     that came from it is named where it is written, under `profiles:`."""
@@ -165,7 +167,7 @@ def validate_section(
         error = exc.errors()[0]
         if override is not None and _holds(override[1], error["loc"]):
             where = override[0]
-        raise HypermetaError(f"params.yaml: {_describe(error, where)}.") from None
+        raise HypermetaError(f"{file}: {_describe(error, where)}.") from None
 
 
 def load_raw(path: str | Path = "params.yaml") -> dict[str, Any]:

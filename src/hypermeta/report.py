@@ -9,6 +9,7 @@ import html
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from hypermeta.experiments import resolve
 from hypermeta.methods.fewshot_base import BATCHNORM_REGIMES
 from hypermeta.paths import METRICS, PLOTS, REPORTS, repo_root
 from hypermeta.plots import get_plotter
+from hypermeta.results import RESULTS, PaperRecord, load_records
 from hypermeta.stages import child_run, read_manifest, stage_context
 from hypermeta.tracking import git_commit
 
@@ -155,6 +157,166 @@ def comparison_rows(
     ]
 
 
+PAPER_SCALE_HEADER = ["experiment", "metric", "ours", "published", "difference", "scale",
+                      "wall time", "device", "commit", "finished"]  # fmt: skip
+NOT_YET_HEADER = ["experiment", "published", "why not yet"]
+PAPER_SCALE = "Reproduced at paper scale"  # the section's heading, in the report and README
+README_BEGIN = (
+    "<!-- paper-scale results: generated from results/*.json and params.yaml by "
+    "`python -m hypermeta.report --readme`; do not edit by hand -->"
+)
+README_END = "<!-- end of paper-scale results -->"
+
+
+def format_difference(metric: str, difference: float) -> str:
+    """ours - published, signed: in percentage points for a percentage."""
+    if _is_percent(metric):
+        return f"{100 * difference:+.2f} points"
+    return f"{difference:+.4g}"
+
+
+def format_duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min" if minutes else f"{hours} h"
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+def _in_params_order(params: Params, records: dict[str, PaperRecord]) -> list[PaperRecord]:
+    names = [name for name in params.experiments if name in records]
+    return [records[name] for name in names + sorted(set(records) - set(names))]
+
+
+def _record_metrics(params: Params, record: PaperRecord) -> list[str]:
+    """The metrics a record's rows show: those it compares with a paper, else those its
+    report group's published numbers name (a baseline beside its group's method)."""
+    if record.published:
+        return [comparison.metric for comparison in record.published]
+    entry = params.experiments.get(record.experiment)
+    if entry is None or entry.group is None:
+        return []
+    peers = [name for name, other in params.experiments.items() if other.group == entry.group]
+    named = [ref.metric for name in peers for ref in params.references.get(name, [])]
+    return [metric for metric in dict.fromkeys(named) if metric in record.metrics]
+
+
+def paper_scale_rows(params: Params, records: dict[str, PaperRecord]) -> list[tuple[str, ...]]:
+    """One row per number a paper-scale record holds (PAPER_SCALE_HEADER)."""
+    rows = []
+    for record in _in_params_order(params, records):
+        published = {comparison.metric: comparison for comparison in record.published}
+        changed = ", ".join(f"{k}={v}" for k, v in record.overrides.items())
+        scale = ("partial: " + changed if changed else "partial") if record.partial else "full"
+        wall = format_duration(record.wall_seconds) + (" (resumed)" if record.resumed else "")
+        shared = (
+            scale,
+            wall,
+            f"{record.device}, {record.threads} thread{'s' if record.threads > 1 else ''}",
+            record.git_commit[:8],
+            record.finished[:10],
+        )
+        for metric in _record_metrics(params, record) or ["—"]:
+            comparison = published.get(metric)
+            if metric in record.metrics:
+                ours = format_metric(metric, record.metrics)
+            elif comparison:
+                ours = format_value(metric, comparison.ours)
+            else:  # a record with no number that a paper or its group's paper has
+                ours = "nothing to compare; see its record"
+            if comparison:
+                paper = f"{format_value(metric, comparison.published)} ({comparison.source})"
+                difference = format_difference(metric, comparison.difference)
+            else:
+                paper, difference = "—", "—"
+            rows.append((record.experiment, metric, ours, paper, difference, *shared))
+    return rows
+
+
+def not_yet_rows(params: Params, records: dict[str, PaperRecord]) -> list[tuple[str, ...]]:
+    """Each experiment with published numbers no record covers, the numbers (grouped by
+    source) and why (NOT_YET_HEADER)."""
+    rows = []
+    for name, references in params.references.items():
+        covered = {c.metric for c in records[name].published} if name in records else set()
+        missing = [ref for ref in references if ref.metric not in covered]
+        if not missing:
+            continue
+        by_source: dict[str, list[str]] = {}
+        for ref in missing:
+            by_source.setdefault(ref.source, []).append(
+                f"{ref.metric} {format_value(ref.metric, ref.value)}"
+            )
+        numbers = "; ".join(f"{', '.join(n)} ({source})" for source, n in by_source.items())
+        if name in records:
+            why = "its paper-scale record does not compare these"
+        elif (paper := resolve(params, name, "paper").resources).gpu > 0:
+            asks = f"{paper.gpu} GPU for about {format_duration(60 * paper.runtime)}"
+            why = f"needs a GPU at paper scale (its paper profile asks for {asks})"
+        else:
+            why = f"fits this CPU; not run yet (`hypermeta paper-check {name}`)"
+        rows.append((name, numbers, why))
+    return rows
+
+
+def paper_scale_section(params: Params, records: dict[str, PaperRecord]) -> list[tuple]:
+    """The section PAPER_SCALE (its heading apart) as blocks, ("h3" | "p", text) or
+    ("table", header, rows), which the report and the README render alike."""
+    if records:
+        intro = (
+            "From the records under `results/`, one per experiment run at its paper profile "
+            "by `hypermeta paper-check`, kept in git with the commit of the code that ran. "
+            "Ours with its 95% CI; difference = ours − published (in points for a "
+            "percentage); scale is full, or partial with the settings changed from the paper "
+            "profile; a resumed run's wall time is the part after its resume."
+        )
+        blocks = [("p", intro), ("table", PAPER_SCALE_HEADER, paper_scale_rows(params, records))]
+    else:
+        blocks = [
+            ("p", "No experiment has been run at paper scale yet: `results/` holds no record.")
+        ]
+    blocks.append(("h3", "Not yet reproduced at paper scale"))
+    missing = not_yet_rows(params, records)
+    if missing:
+        blocks += [
+            ("p", "The papers' numbers in params.yaml's `references` that no record covers."),
+            ("table", NOT_YET_HEADER, missing),
+        ]
+    else:
+        blocks.append(("p", "None: every published number has a paper-scale record."))
+    return blocks
+
+
+def paper_scale_markdown(params: Params, records: dict[str, PaperRecord]) -> str:
+    """The section in markdown: report.md's and the README's, the same text."""
+    marks = {"h3": "### ", "p": ""}
+    parts = [
+        _markdown_table(block[1], block[2]) if block[0] == "table" else marks[block[0]] + block[1]
+        for block in paper_scale_section(params, records)
+    ]
+    return "\n\n".join(parts)
+
+
+def _html_blocks(blocks: list[tuple]) -> list[str]:
+    return [
+        _html_table(block[1], block[2])
+        if block[0] == "table"
+        else f"<{block[0]}>{_inline_code(html.escape(block[1]))}</{block[0]}>"
+        for block in blocks
+    ]
+
+
+def readme_with_results(readme: str, section: str) -> str:
+    """`readme` with the text between its README_BEGIN and README_END lines replaced."""
+    begin, end = readme.find(README_BEGIN), readme.find(README_END)
+    if begin < 0 or end < begin:
+        raise HypermetaError(
+            f"README.md lacks the lines {README_BEGIN!r} and then {README_END!r}; put them "
+            f'back around the section "{PAPER_SCALE}".'
+        )
+    return f"{readme[: begin + len(README_BEGIN)]}\n\n{section}\n\n{readme[end:]}"
+
+
 def _markdown_table(header: list[str], rows: list[tuple[str, ...]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
@@ -167,11 +329,22 @@ def _unbroken_interval(cell: str) -> str:
     return cell.replace(" ± ", "\u00a0±\u00a0")
 
 
+def _inline_code(escaped: str) -> str:
+    """Markdown's `code` in escaped HTML text."""
+    return re.sub(r"`([^`]*)`", r"<code>\1</code>", escaped)
+
+
+def _html_cell(text: str) -> str:
+    """A cell's text in HTML: identifiers (accuracy_20way_1shot, train.epochs=10) may
+    wrap after their `_`, `.` and `=`, intervals never; `code` is <code>."""
+    escaped = html.escape(_unbroken_interval(text))
+    return _inline_code(re.sub(r"([_=]|\.(?=[A-Za-z]))", r"\1<wbr>", escaped))
+
+
 def _html_table(header: list[str], rows: list[tuple[str, ...]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_unbroken_interval(c))}</td>" for c in row) + "</tr>"
-        for row in rows
+        "<tr>" + "".join(f"<td>{_html_cell(c)}</td>" for c in row) + "</tr>" for row in rows
     )
     return f"<table><tr>{head}</tr>{body}</table>"
 
@@ -181,12 +354,13 @@ def _embedded(path: Path) -> str:
     return f'<img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}">'
 
 
-def build_report(params: Params, out_dir: Path) -> Path:
-    """Write the report next to `out_dir`, then swap it into place."""
+def build_report(params: Params, out_dir: Path, results: Path = RESULTS) -> Path:
+    """Write the report next to `out_dir`, then swap it into place; the paper-scale
+    records are read from the folder `results`."""
     staging = out_dir.with_name(f".{out_dir.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        write_report(params, staging)
+        write_report(params, staging, load_records(results))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # nothing half-written stays behind
         raise
@@ -200,7 +374,7 @@ def build_report(params: Params, out_dir: Path) -> Path:
     return out_dir
 
 
-def write_report(params: Params, staging: Path) -> None:
+def write_report(params: Params, staging: Path, records: dict[str, PaperRecord]) -> None:
     """report.md, index.html and figures/ into the folder `staging`."""
     from hypermeta.tracking import NullTracker
 
@@ -226,10 +400,23 @@ def write_report(params: Params, staging: Path) -> None:
     results = {exp.name: read_metrics(exp.name) for exp in experiments}
     manifests = {exp.name: read_manifest(exp) for exp in experiments}
     data = {exp.name: data_note(exp, manifests[exp.name]) for exp in experiments}
+    md += [f"## {PAPER_SCALE}", "", paper_scale_markdown(params, records), ""]
+    body += [f"<h2>{PAPER_SCALE}</h2>", *_html_blocks(paper_scale_section(params, records))]
     summary = summary_rows(experiments, results, params.references, data)
-    header = ["experiment", "metric", "ours", "paper", "our data"]
-    md += ["## Ours beside the papers", "", _markdown_table(header, summary), ""]
-    body += ["<h2>Ours beside the papers</h2>", _html_table(header, summary)]
+    header = ["experiment", "metric", f"ours ({params.profile} profile)", "paper", "our data"]
+    title = f"Ours beside the papers ({params.profile} profile)"
+    scale = (
+        "Ours here come from this run of the pipeline at the paper profile."
+        if params.profile == "paper"
+        else f"Ours here come from this run of the pipeline at the {params.profile} "
+        "profile's scale: they show each method learning and are not paper-scale "
+        f'reproductions, which are in "{PAPER_SCALE}" above.'
+    )
+    md += [f"## {title}", "", scale, "", _markdown_table(header, summary), ""]
+    body += [
+        f"<h2>{html.escape(title)}</h2><p>{html.escape(scale)}</p>",
+        _html_table(header, summary),
+    ]
     provenance, groups = [], {}
     for exp in experiments:
         metrics = results[exp.name]
@@ -298,8 +485,9 @@ def write_report(params: Params, staging: Path) -> None:
     write_text(staging / "report.md", "\n".join(md))
     style = (
         "body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
-        "text-align:left;overflow-wrap:break-word}img{max-width:100%;display:block;margin:1em 0}"
+        "table{border-collapse:collapse;margin:1em 0;font-size:90%}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;overflow-wrap:break-word}"
+        "img{max-width:100%;display:block;margin:1em 0}"
         # long lines (alphabet lists, text samples) wrap instead of widening the page
         "pre{white-space:pre-wrap;overflow-wrap:anywhere;background:#f6f6f6;padding:.5em}"
     )
@@ -319,3 +507,34 @@ def report() -> Path:
         folder = build_report(params, REPORTS)
         tracker.log_artifact(folder, "report")
         return folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m hypermeta.report --readme`: rewrite README.md's paper-scale section."""
+    import argparse
+
+    from hypermeta.experiments import load_params
+
+    parser = argparse.ArgumentParser(prog="python -m hypermeta.report")
+    parser.add_argument(
+        "--readme",
+        action="store_true",
+        help="rewrite the section between the README's paper-scale markers from the records",
+    )
+    if not parser.parse_args(argv).readme:
+        parser.error("say what to write: --readme (the report itself is `hypermeta report`)")
+    root = repo_root()
+    try:
+        readme = root / "README.md"
+        section = paper_scale_markdown(
+            load_params(root / "params.yaml"), load_records(root / RESULTS)
+        )
+        write_text(readme, readme_with_results(readme.read_text(), section))
+    except HypermetaError as exc:
+        print(f"hypermeta: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

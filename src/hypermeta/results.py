@@ -39,7 +39,10 @@ class PaperRecord(StrictModel):
     )
     metrics: dict[str, Any] = Field(description="metrics.json of the evaluate stage")
     published: list[PublishedComparison]
-    git_commit: str = Field(description="the commit whose code ran (a snapshot of it)")
+    git_commit: str = Field(
+        pattern=r"^[0-9a-f]{40}$",
+        description="the commit whose code ran (a snapshot of it): a full 40-hex sha, in git",
+    )
     device: str
     threads: int
     wall_seconds: float = Field(description="train and evaluate, this invocation")
@@ -61,7 +64,8 @@ def write_record(record: PaperRecord, folder: Path = RESULTS) -> Path:
 
 
 def load_records(folder: Path = RESULTS) -> dict[str, PaperRecord]:
-    """Every record under `folder`, by experiment; a malformed one is one sentence."""
+    """Every record under `folder` (none when it is missing), by experiment; a malformed
+    one is one sentence naming the file and the key."""
     import json
 
     records = {}
@@ -70,7 +74,7 @@ def load_records(folder: Path = RESULTS) -> dict[str, PaperRecord]:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise HypermetaError(f"{path} is not JSON ({exc}); restore it from git.") from None
-        record = validate_section(PaperRecord, data, str(path))
+        record = validate_section(PaperRecord, data, "", file=str(path))
         if record.experiment != path.stem:
             raise HypermetaError(
                 f"{path} holds experiment {record.experiment!r}; a record is named after "

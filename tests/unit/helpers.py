@@ -9,6 +9,7 @@ import yaml
 
 from hypermeta.atomic import torch_save, write_json
 from hypermeta.experiments import load_params
+from hypermeta.results import PaperRecord
 
 BASE_PARAMS = {
     "profile": "quick",
@@ -79,3 +80,28 @@ def untimed(history: list[dict]) -> list[dict]:
         }
         for row in history
     ]
+
+
+def paper_record(experiment: str, commit: str, **fields) -> PaperRecord:
+    """A record of a paper-scale run as `hypermeta paper-check` writes it (results/), with
+    `fields` set over a finished, full-scale run of `experiment` on one CPU thread."""
+    return PaperRecord.model_validate(
+        {
+            "experiment": experiment,
+            "method": "cnn",
+            "dataset": "mnist",
+            "partial": False,
+            "metrics": {},
+            "published": [],
+            "git_commit": commit,
+            "device": "cpu",
+            "threads": 1,
+            "wall_seconds": 42.0,
+            "resumed": False,
+            "data_md5": {"mnist/test.pt": "0" * 32},
+            "finished": "2026-12-02T10:30:00+00:00",
+            "mlflow_run_ids": {"train": "r1", "evaluate": "r2"},
+            "command": f"hypermeta paper-check {experiment}",
+        }
+        | fields
+    )

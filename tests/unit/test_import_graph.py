@@ -120,6 +120,7 @@ LAYERS = {
         "hypermeta.progress",
         "hypermeta.stats",
         "hypermeta.config",
+        "hypermeta.results",
         "hypermeta.data.registry",
         "hypermeta.tracking",
         "hypermeta.tracking_server",

@@ -220,6 +220,10 @@ def paper_check(names: list[str], overrides: dict[str, Any]) -> list[Path]:
         path = write_record(record, root / "results")
         print(f"[paper-check] {exp.name}: kept {path.relative_to(root)} ({wall / 60:.1f} min)")
         written.append(path)
+    from hypermeta.report import update_readme
+
+    update_readme(root)
+    print('[paper-check] README.md\'s table "Reproduced at paper scale" now shows them.')
     return written
 
 

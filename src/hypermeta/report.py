@@ -17,7 +17,7 @@ from hypermeta.atomic import write_text
 from hypermeta.config import Experiment, Params, Reference
 from hypermeta.engine import get_engine
 from hypermeta.errors import HypermetaError
-from hypermeta.experiments import resolve
+from hypermeta.experiments import load_params, resolve
 from hypermeta.methods.fewshot_base import BATCHNORM_REGIMES
 from hypermeta.paths import METRICS, PLOTS, REPORTS, repo_root
 from hypermeta.plots import get_plotter
@@ -500,8 +500,6 @@ def write_report(params: Params, staging: Path, records: dict[str, PaperRecord])
 
 def report() -> Path:
     """The report stage (dvc.yaml)."""
-    from hypermeta.experiments import load_params
-
     params = load_params()
     with child_run(params, "report", reads=params.model_dump()) as tracker:
         folder = build_report(params, REPORTS)
@@ -509,11 +507,16 @@ def report() -> Path:
         return folder
 
 
+def update_readme(root: Path) -> Path:
+    """Rewrite `root`/README.md's paper-scale section from params.yaml and the records."""
+    readme = root / "README.md"
+    section = paper_scale_markdown(load_params(root / "params.yaml"), load_records(root / RESULTS))
+    return write_text(readme, readme_with_results(readme.read_text(), section))
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m hypermeta.report --readme`: rewrite README.md's paper-scale section."""
     import argparse
-
-    from hypermeta.experiments import load_params
 
     parser = argparse.ArgumentParser(prog="python -m hypermeta.report")
     parser.add_argument(
@@ -523,13 +526,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not parser.parse_args(argv).readme:
         parser.error("say what to write: --readme (the report itself is `hypermeta report`)")
-    root = repo_root()
     try:
-        readme = root / "README.md"
-        section = paper_scale_markdown(
-            load_params(root / "params.yaml"), load_records(root / RESULTS)
-        )
-        write_text(readme, readme_with_results(readme.read_text(), section))
+        update_readme(repo_root())
     except HypermetaError as exc:
         print(f"hypermeta: error: {exc}", file=sys.stderr)
         return 2

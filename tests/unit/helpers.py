@@ -82,6 +82,17 @@ def untimed(history: list[dict]) -> list[dict]:
     ]
 
 
+def same_trained_weights(straight: Path, resumed: Path) -> tuple[dict, dict]:
+    """The model files of an uninterrupted and a resumed run, after asserting that their
+    weights are equal to the bit."""
+    expected = torch.load(straight, weights_only=True)
+    got = torch.load(resumed, weights_only=True)
+    assert got["state_dict"].keys() == expected["state_dict"].keys()
+    for name, value in expected["state_dict"].items():
+        assert torch.equal(got["state_dict"][name], value), name
+    return expected, got
+
+
 def paper_record(experiment: str, commit: str, **fields) -> PaperRecord:
     """A record of a paper-scale run as `hypermeta paper-check` writes it (results/), with
     `fields` set over a finished, full-scale run of `experiment` on one CPU thread."""

@@ -17,7 +17,7 @@ from maml_helpers import (
 )
 from tolerance import assert_close_reordered
 from torch import nn
-from unit.helpers import untimed
+from unit.helpers import same_trained_weights, untimed
 
 from hypermeta.atomic import write_json
 from hypermeta.config import SplitConfig
@@ -273,9 +273,6 @@ def test_sine_training_resumes_exactly_after_an_interruption(tmp_path, monkeypat
     monkeypatch.setattr(regression, "sample_episodes", real_sample)
     engine.train(resumed)
 
-    expected = torch.load(straight.model_path, weights_only=True)
-    got = torch.load(resumed.model_path, weights_only=True)
-    for name, value in expected["state_dict"].items():
-        torch.testing.assert_close(got["state_dict"][name], value, rtol=0, atol=0)
+    expected, got = same_trained_weights(straight.model_path, resumed.model_path)
     assert [r["iteration"] for r in got["history"]] == [15, 30]
     assert untimed(got["history"]) == untimed(expected["history"])

@@ -19,6 +19,8 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -161,10 +163,6 @@ def run_stage(stage: str, args: list[str], workspace: Path, code: Path, env: dic
 
 
 def paper_check(names: list[str], overrides: dict[str, Any]) -> list[Path]:
-    import torch  # here, not above: `hypermeta --help` builds this parser without torch
-
-    from hypermeta.experiments import load_params, resolve
-
     root = repo_root()
     raw = load_raw(root / "params.yaml")
     for name in names:
@@ -174,6 +172,36 @@ def paper_check(names: list[str], overrides: dict[str, Any]) -> list[Path]:
             )
     workspace = root / WORKSPACE
     workspace.mkdir(parents=True, exist_ok=True)
+    with workspace_lock(workspace):
+        return run_in_workspace(root, raw, names, overrides, workspace)
+
+
+@contextmanager
+def workspace_lock(workspace: Path) -> Iterator[None]:
+    """One paper-check at a time per project: each rewrites the workspace's params.yaml."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(workspace / ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise HypermetaError(
+            f"another paper-check is running in this project ({workspace} is locked); wait "
+            "for it to finish, or stop it and run again (its training resumes)."
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def run_in_workspace(
+    root: Path, raw: dict[str, Any], names: list[str], overrides: dict[str, Any], workspace: Path
+) -> list[Path]:
+    import torch  # here, not above: `hypermeta --help` builds this parser without torch
+
+    from hypermeta.experiments import load_params, resolve
+
     (workspace / "params.yaml").write_text(
         yaml.safe_dump(workspace_params(raw, names, overrides, root), sort_keys=False)
     )

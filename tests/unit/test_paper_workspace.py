@@ -3,13 +3,16 @@ and refusing a GPU-sized paper profile on a CPU without being told how to cut it
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from conftest import ROOT
 
 from hypermeta.config import load_raw
 from hypermeta.errors import HypermetaError
 from hypermeta.experiments import load_params, resolve
-from hypermeta.paper_check import estimate, parse_overrides, workspace_params
+from hypermeta.paper_check import estimate, parse_overrides, workspace_lock, workspace_params
 
 
 def test_overrides_are_section_keys_with_yaml_values():
@@ -44,3 +47,16 @@ def test_a_gpu_sized_paper_profile_is_refused_on_a_cpu_unless_cut():
         estimate(exp, {}, gpu=False)
     assert "no estimate" in estimate(exp, {"train.iterations": 60}, gpu=False)
     assert f"about {exp.resources.runtime} min" in estimate(exp, {}, gpu=True)
+
+
+def test_a_second_paper_check_in_the_same_project_is_refused_while_one_runs(tmp_path):
+    other = (
+        "from pathlib import Path\n"
+        "from hypermeta.paper_check import workspace_lock\n"
+        f"with workspace_lock(Path({str(tmp_path)!r})): pass\n"
+    )
+    with workspace_lock(tmp_path):
+        refused = subprocess.run([sys.executable, "-c", other], capture_output=True, text=True)
+    assert refused.returncode != 0 and "another paper-check is running" in refused.stderr
+    done = subprocess.run([sys.executable, "-c", other], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr  # released when the first one ends

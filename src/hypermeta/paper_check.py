@@ -99,7 +99,7 @@ def code_snapshot(root: Path, workspace: Path) -> tuple[str, Path]:
     return commit, folder
 
 
-def device_description(threads: int) -> str:
+def device_description() -> str:
     import torch
 
     if torch.cuda.is_available():
@@ -112,7 +112,7 @@ def device_description(threads: int) -> str:
         ),
         platform.processor() or "unknown CPU",
     )
-    return f"cpu ({model}, {os.cpu_count()} cores, {threads} threads)"
+    return f"cpu ({model}, {os.cpu_count()} cores)"
 
 
 def published(exp: Experiment, params: Params, metrics: dict[str, Any]) -> list[Any]:
@@ -236,7 +236,7 @@ def run_in_workspace(
             metrics=metrics,
             published=published(exp, params, metrics),
             git_commit=commit,
-            device=device_description(exp.resources.threads),
+            device=device_description(),
             threads=exp.resources.threads,
             wall_seconds=round(wall, 1),
             resumed=resumed,

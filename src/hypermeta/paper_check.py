@@ -36,6 +36,7 @@ from hypermeta.tracking import PARENT_ENV, URI_ENV, project_store_uri, start_pip
 
 WORKSPACE = Path(".hypermeta/paper")
 PROFILE = "paper"
+SECTIONS = ("model", "train", "eval", "resources")  # what --set may change
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -43,10 +44,10 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     overrides = {}
     for item in items:
         key, sep, text = item.partition("=")
-        if not sep or "." not in key or key.split(".")[0] not in ("model", "train", "eval"):
+        if not sep or "." not in key or key.split(".")[0] not in SECTIONS:
             raise HypermetaError(
-                f"--set {item!r}: write SECTION.KEY=VALUE with SECTION one of model, train, "
-                "eval (e.g. --set train.iterations=6000)."
+                f"--set {item!r}: write SECTION.KEY=VALUE with SECTION one of "
+                f"{', '.join(SECTIONS)} (e.g. --set train.iterations=6000)."
             )
         overrides[key] = yaml.safe_load(text)
     return overrides

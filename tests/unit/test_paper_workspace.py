@@ -16,9 +16,12 @@ from hypermeta.paper_check import estimate, parse_overrides, workspace_lock, wor
 
 
 def test_overrides_are_section_keys_with_yaml_values():
-    assert parse_overrides(["train.iterations=6000", "eval.shots=[5, 10]"]) == {
+    assert parse_overrides(
+        ["train.iterations=6000", "eval.shots=[5, 10]", "resources.threads=2"]
+    ) == {
         "train.iterations": 6000,
         "eval.shots": [5, 10],
+        "resources.threads": 2,
     }
     for bad in ("iterations=6000", "data.seed=1", "train.lr"):
         with pytest.raises(HypermetaError, match="SECTION.KEY=VALUE"):

@@ -215,7 +215,7 @@ def run_in_workspace(
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(code / "src")
     env.setdefault(URI_ENV, project_store_uri(root))
-    os.environ.setdefault(URI_ENV, env[URI_ENV])
+    os.environ.setdefault(URI_ENV, env[URI_ENV])  # the parent run below goes there too
     env[PARENT_ENV] = start_pipeline_run(root, params.mlflow.experiment, PROFILE, "paper-check")
     run_stage("download", [], workspace, code, env)
     run_stage("split", [], workspace, code, env)
@@ -257,7 +257,8 @@ def run_in_workspace(
 
 
 def set_arguments(overrides: dict[str, Any]) -> list[str]:
-    return [f"--set {key}={yaml.safe_dump(value).strip()}" for key, value in overrides.items()]
+    """The --set arguments that give `overrides` back (values in YAML's flow style)."""
+    return [f"--set {key}={json.dumps(value)}" for key, value in overrides.items()]
 
 
 HELP = "run experiments at their paper profile and keep the results under results/"

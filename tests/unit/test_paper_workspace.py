@@ -12,7 +12,13 @@ from conftest import ROOT
 from hypermeta.config import load_raw
 from hypermeta.errors import HypermetaError
 from hypermeta.experiments import load_params, resolve
-from hypermeta.paper_check import estimate, parse_overrides, workspace_lock, workspace_params
+from hypermeta.paper_check import (
+    estimate,
+    parse_overrides,
+    set_arguments,
+    workspace_lock,
+    workspace_params,
+)
 
 
 def test_overrides_are_section_keys_with_yaml_values():
@@ -23,6 +29,10 @@ def test_overrides_are_section_keys_with_yaml_values():
         "eval.shots": [5, 10],
         "resources.threads": 2,
     }
+    overrides = {"train.iterations": 6000, "eval.shots": [5, 10], "train.lr_schedule": "step"}
+    assert (
+        parse_overrides([a.removeprefix("--set ") for a in set_arguments(overrides)]) == overrides
+    )
     for bad in ("iterations=6000", "data.seed=1", "train.lr"):
         with pytest.raises(HypermetaError, match="SECTION.KEY=VALUE"):
             parse_overrides([bad])

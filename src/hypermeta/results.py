@@ -4,6 +4,7 @@ finishes and read by the report and the README's table "reproduced at paper scal
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +67,6 @@ def write_record(record: PaperRecord, folder: Path = RESULTS) -> Path:
 def load_records(folder: Path = RESULTS) -> dict[str, PaperRecord]:
     """Every record under `folder` (none when it is missing), by experiment; a malformed
     one is one sentence naming the file and the key."""
-    import json
-
     records = {}
     for path in sorted(Path(folder).glob("*.json")):
         try:

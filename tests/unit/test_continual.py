@@ -63,6 +63,15 @@ def test_chunked_hypernet_generates_every_target_weight_by_name():
     assert not torch.allclose(weights["0.weight"], hnet(0)["0.weight"])
 
 
+def test_hnet_activation_sets_the_hypernetworks_hidden_units_only():
+    info = {"input_size": 10, "num_tasks": 2, "classes_per_task": 3}
+    model = {"hidden": [7], **SMALL_HNET, "hnet_activation": "elu"}
+    learner = build_learner({"method": "hnet", "model": model}, info)
+    body_units = [type(m) for m in learner.hnet.body if not isinstance(m, torch.nn.Linear)]
+    target_units = [type(m) for m in learner.target if not isinstance(m, torch.nn.Linear)]
+    assert body_units == [torch.nn.ELU] and target_units == [torch.nn.ReLU]
+
+
 def test_hnet_counts_the_weights_it_generates_and_the_hypernetwork_it_trains():
     torch.manual_seed(0)
     info = {"input_size": 10, "num_tasks": 2, "classes_per_task": 3}

@@ -18,7 +18,7 @@ from torch import nn
 from torch.func import functional_call
 
 from hypermeta.hyper.generated import WeightGenerator
-from hypermeta.nn.mainnet import mlp
+from hypermeta.nn.mainnet import Activation, mlp
 
 
 class ChunkedHypernet(WeightGenerator):
@@ -32,13 +32,14 @@ class ChunkedHypernet(WeightGenerator):
         chunk_dim: int = 96,
         chunk_size: int = 4000,
         hidden: Sequence[int] = (100, 100),
+        activation: Activation = "relu",
     ) -> None:
         super().__init__(target_shapes)
         self.num_weights = sum(math.prod(shape) for shape in self.target_shapes.values())
         self.num_chunks = math.ceil(self.num_weights / chunk_size)
         self.task_embeddings = nn.Parameter(torch.randn(num_tasks, task_dim))
         self.chunk_embeddings = nn.Parameter(torch.randn(self.num_chunks, chunk_dim))
-        self.body = mlp(task_dim + chunk_dim, hidden, chunk_size)
+        self.body = mlp(task_dim + chunk_dim, hidden, chunk_size, activation)
         self._scale_output_to_he_init()
 
     @torch.no_grad()

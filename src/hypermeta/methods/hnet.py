@@ -23,11 +23,12 @@ from hypermeta.hyper.chunked import ChunkedHypernet
 from hypermeta.methods import register
 from hypermeta.methods.base import MethodSpec
 from hypermeta.methods.finetune import MainNetConfig
-from hypermeta.nn.mainnet import mlp
+from hypermeta.nn.mainnet import Activation, mlp
 
 
 class HNETConfig(MainNetConfig):
     hnet_hidden: list[int] = Field([100, 100], description="hidden widths of the hypernetwork")
+    hnet_activation: Activation = Field("relu", description="the hypernetwork's hidden units")
     chunk_size: int = Field(4000, gt=0, description="target weights produced per chunk")
     task_dim: int = Field(96, gt=0, description="size of each task embedding e_t")
     chunk_dim: int = Field(96, gt=0, description="size of each chunk embedding")
@@ -54,6 +55,7 @@ class HNETLearner(ContinualLearner):
             config.chunk_dim,
             config.chunk_size,
             config.hnet_hidden,
+            config.hnet_activation,
         )
         # `target` and `hnet` stay the learner's children, so the state_dict keys of saved
         # models and checkpoints stay `hnet.*` (an earlier run's checkpoint resumes);

@@ -233,35 +233,59 @@ def paper_scale_rows(params: Params, records: dict[str, PaperRecord]) -> list[tu
     return rows
 
 
-def not_yet_rows(params: Params, records: dict[str, PaperRecord]) -> list[tuple[str, ...]]:
+def missing_data(params: Params, root: Path) -> dict[str, list[str]]:
+    """Each dataset of params.yaml's paper profile whose files the configured local data
+    mirror lacks, with those files: a run of it here could not get its data."""
+    from hypermeta.data.download import mirror_location, missing_from_mirror
+    from hypermeta.data.registry import DATASETS
+
+    mirror = mirror_location(params.data.mirror, root)
+    paper = params.data.datasets.get("paper", [])
+    return {name: files for name in paper if (files := missing_from_mirror(DATASETS[name], mirror))}
+
+
+def not_yet_rows(
+    params: Params, records: dict[str, PaperRecord], missing: dict[str, list[str]]
+) -> list[tuple[str, ...]]:
     """Each experiment with published numbers no record covers, the numbers (grouped by
-    source) and why (NOT_YET_HEADER)."""
+    source) and why (NOT_YET_HEADER); `missing` is `missing_data`."""
     rows = []
     for name, references in params.references.items():
         covered = {c.metric for c in records[name].published} if name in records else set()
-        missing = [ref for ref in references if ref.metric not in covered]
-        if not missing:
+        uncovered = [ref for ref in references if ref.metric not in covered]
+        if not uncovered:
             continue
         by_source: dict[str, list[str]] = {}
-        for ref in missing:
+        for ref in uncovered:
             by_source.setdefault(ref.source, []).append(
                 f"{ref.metric} {format_value(ref.metric, ref.value)}"
             )
         numbers = "; ".join(f"{', '.join(n)} ({source})" for source, n in by_source.items())
+        paper = resolve(params, name, "paper")
+        gpu, minutes = paper.resources.gpu, paper.resources.runtime
+        reasons = []
+        if files := missing.get(paper.dataset):
+            reasons.append(
+                f"data not available: the data mirror has no {', '.join(files)} (the download "
+                "stage would have to fetch it from its publisher)"
+            )
         if name in records:
-            why = "its paper-scale record does not compare these"
-        elif (paper := resolve(params, name, "paper").resources).gpu > 0:
-            asks = f"{paper.gpu} GPU for about {format_duration(60 * paper.runtime)}"
-            why = f"needs a GPU at paper scale (its paper profile asks for {asks})"
-        else:
-            why = f"fits this CPU; not run yet (`hypermeta paper-check {name}`)"
-        rows.append((name, numbers, why))
+            reasons.append("its paper-scale record does not compare these")
+        elif gpu > 0:
+            asks = f"{gpu} GPU for about {format_duration(60 * minutes)}"
+            reasons.append(f"needs a GPU at paper scale (its paper profile asks for {asks})")
+        elif not reasons:
+            reasons.append(f"fits this CPU; not run yet (`hypermeta paper-check {name}`)")
+        rows.append((name, numbers, "; ".join(reasons)))
     return rows
 
 
-def paper_scale_section(params: Params, records: dict[str, PaperRecord]) -> list[tuple]:
+def paper_scale_section(
+    params: Params, records: dict[str, PaperRecord], missing: dict[str, list[str]]
+) -> list[tuple]:
     """The section PAPER_SCALE (its heading apart) as blocks, ("h3" | "p", text) or
-    ("table", header, rows), which the report and the README render alike."""
+    ("table", header, rows), which the report and the README render alike; `missing`
+    is `missing_data`."""
     if records:
         intro = (
             "From the records under `results/`, one per experiment run at its paper profile "
@@ -276,23 +300,25 @@ def paper_scale_section(params: Params, records: dict[str, PaperRecord]) -> list
             ("p", "No experiment has been run at paper scale yet: `results/` holds no record.")
         ]
     blocks.append(("h3", "Not yet reproduced at paper scale"))
-    missing = not_yet_rows(params, records)
-    if missing:
+    not_yet = not_yet_rows(params, records, missing)
+    if not_yet:
         blocks += [
             ("p", "The papers' numbers in params.yaml's `references` that no record covers."),
-            ("table", NOT_YET_HEADER, missing),
+            ("table", NOT_YET_HEADER, not_yet),
         ]
     else:
         blocks.append(("p", "None: every published number has a paper-scale record."))
     return blocks
 
 
-def paper_scale_markdown(params: Params, records: dict[str, PaperRecord]) -> str:
+def paper_scale_markdown(
+    params: Params, records: dict[str, PaperRecord], missing: dict[str, list[str]]
+) -> str:
     """The section in markdown: report.md's and the README's, the same text."""
     marks = {"h3": "### ", "p": ""}
     parts = [
         _markdown_table(block[1], block[2]) if block[0] == "table" else marks[block[0]] + block[1]
-        for block in paper_scale_section(params, records)
+        for block in paper_scale_section(params, records, missing)
     ]
     return "\n\n".join(parts)
 
@@ -400,8 +426,12 @@ def write_report(params: Params, staging: Path, records: dict[str, PaperRecord])
     results = {exp.name: read_metrics(exp.name) for exp in experiments}
     manifests = {exp.name: read_manifest(exp) for exp in experiments}
     data = {exp.name: data_note(exp, manifests[exp.name]) for exp in experiments}
-    md += [f"## {PAPER_SCALE}", "", paper_scale_markdown(params, records), ""]
-    body += [f"<h2>{PAPER_SCALE}</h2>", *_html_blocks(paper_scale_section(params, records))]
+    missing = missing_data(params, root)
+    md += [f"## {PAPER_SCALE}", "", paper_scale_markdown(params, records, missing), ""]
+    body += [
+        f"<h2>{PAPER_SCALE}</h2>",
+        *_html_blocks(paper_scale_section(params, records, missing)),
+    ]
     summary = summary_rows(experiments, results, params.references, data)
     header = ["experiment", "metric", f"ours ({params.profile} profile)", "paper", "our data"]
     title = f"Ours beside the papers ({params.profile} profile)"
@@ -510,7 +540,8 @@ def report() -> Path:
 def update_readme(root: Path) -> Path:
     """Rewrite `root`/README.md's paper-scale section from params.yaml and the records."""
     readme = root / "README.md"
-    section = paper_scale_markdown(load_params(root / "params.yaml"), load_records(root / RESULTS))
+    params = load_params(root / "params.yaml")
+    section = paper_scale_markdown(params, load_records(root / RESULTS), missing_data(params, root))
     return write_text(readme, readme_with_results(readme.read_text(), section))
 
 

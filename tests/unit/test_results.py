@@ -11,6 +11,8 @@ import pytest
 from unit.helpers import BASE_PARAMS, TOY_CONTINUAL_GROUP, load, paper_record
 
 from hypermeta.atomic import write_json
+from hypermeta.data.download import MIRROR_ENV
+from hypermeta.data.registry import DATASETS
 from hypermeta.errors import HypermetaError
 from hypermeta.experiments import load_params
 from hypermeta.report import (
@@ -19,6 +21,8 @@ from hypermeta.report import (
     build_report,
     format_difference,
     format_duration,
+    missing_data,
+    not_yet_rows,
     paper_scale_markdown,
     readme_with_results,
 )
@@ -50,11 +54,38 @@ def test_every_kept_record_parses_and_names_a_commit_of_the_history():
 def test_the_readme_shows_the_table_the_records_give():
     readme = (ROOT / "README.md").read_text()
     records = load_records(ROOT / "results")
-    section = paper_scale_markdown(load_params(ROOT / "params.yaml"), records)
+    params = load_params(ROOT / "params.yaml")
+    section = paper_scale_markdown(params, records, missing_data(params, ROOT))
     assert readme_with_results(readme, section) == readme, (
         "README.md's section 'Reproduced at paper scale' differs from results/ and "
         "params.yaml; rewrite it with `python -m hypermeta.report --readme`"
     )
+
+
+def test_a_dataset_the_mirror_lacks_is_why_its_numbers_are_not_reproduced(tmp_path, monkeypatch):
+    params = three_kinds_of_reference(tmp_path)
+    mirror = tmp_path / "mirror" / "mnist"
+    mirror.mkdir(parents=True)
+    spec = DATASETS["mnist"]
+    kept, lost = spec.files[:-1], spec.files[-1]
+    for remote in kept:
+        (mirror / remote.name).touch()
+    monkeypatch.setenv(MIRROR_ENV, str(mirror.parent))
+    missing = missing_data(params, tmp_path)
+    assert missing == {"mnist": [f"mnist/{lost.name}"]}
+
+    why = {name: reason for name, _, reason in not_yet_rows(params, {}, missing)}
+    unavailable = (
+        f"data not available: the data mirror has no mnist/{lost.name} (the download stage "
+        "would have to fetch it from its publisher)"
+    )
+    assert why["cnn_cpu"] == unavailable  # not "fits this CPU": it could not run here
+    assert why["hnet_toy"] == (
+        f"{unavailable}; needs a GPU at paper scale (its paper profile asks for 1 GPU for "
+        "about 1 h 30 min)"
+    )
+    monkeypatch.setenv(MIRROR_ENV, "https://example.org/data")  # a web mirror: cannot tell
+    assert missing_data(params, tmp_path) == {}
 
 
 def test_the_readme_section_is_rewritten_between_its_markers_only():
@@ -147,7 +178,8 @@ def test_the_report_shows_each_record_beside_the_paper_and_why_the_rest_are_not(
     reproduced, missing = section.split("### Not yet reproduced at paper scale")
     assert markdown_rows(reproduced) == rows
     assert markdown_rows(missing) == not_yet
-    assert section.strip() == paper_scale_markdown(params, load_records(kept))  # as the README
+    as_readme = paper_scale_markdown(params, load_records(kept), missing_data(params, tmp_path))
+    assert section.strip() == as_readme
 
     page = (report / "index.html").read_text()
     cells = [

@@ -51,6 +51,18 @@ def mirror_location(configured: str | None, root: Path) -> str | None:
     return str(path if path.is_absolute() else (root / path).resolve())
 
 
+def missing_from_mirror(spec: DatasetSpec, mirror: str | None) -> list[str]:
+    """The files of `spec` a local mirror folder lacks, as `<mirror_dir>/<name>` (none
+    when the mirror is a URL or unset: nothing here can tell what a web server holds)."""
+    if not mirror or "://" in mirror:
+        return []
+    return [
+        f"{spec.mirror_dir}/{name}"
+        for name in (remote.mirror_name or remote.name for remote in spec.files)
+        if not (Path(mirror) / spec.mirror_dir / name).exists()
+    ]
+
+
 def sources(spec: DatasetSpec, remote: RemoteFile, mirror: str | None) -> list[str]:
     found = []
     if mirror:

@@ -159,7 +159,9 @@ class TorchLSTM(nn.Module):
         super().__init__()
         self.hidden_size = hidden_size
         self.num_layers = num_layers
-        self.lstm = nn.LSTM(input_size, hidden_size, num_layers, dropout=dropout)
+        # torch applies `dropout` between layers only, and warns when there is one layer
+        between = dropout if num_layers > 1 else 0.0
+        self.lstm = nn.LSTM(input_size, hidden_size, num_layers, dropout=between)
 
     def initial_state(self, batch: int, device: torch.device) -> State:
         zeros = torch.zeros(self.num_layers, batch, self.hidden_size, device=device)

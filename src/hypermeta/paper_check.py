@@ -151,6 +151,8 @@ def estimate(exp: Experiment, overrides: dict[str, Any], gpu: bool) -> str:
                 "partial), or on a GPU."
             )
         return f"sized for a GPU; here with {overrides}, no estimate"
+    if "resources.runtime" in overrides:
+        return f"about {minutes} min (resources.runtime, as --set gives it)"
     return f"about {minutes} min (resources.runtime of its paper profile)"
 
 

@@ -60,6 +60,7 @@ def test_a_gpu_sized_paper_profile_is_refused_on_a_cpu_unless_cut():
         estimate(exp, {}, gpu=False)
     assert "no estimate" in estimate(exp, {"train.iterations": 60}, gpu=False)
     assert f"about {exp.resources.runtime} min" in estimate(exp, {}, gpu=True)
+    assert "as --set gives it" in estimate(exp, {"resources.runtime": exp.resources.runtime}, True)
 
 
 def test_a_second_paper_check_in_the_same_project_is_refused_while_one_runs(tmp_path):

@@ -15,6 +15,7 @@ from hypermeta.experiments import load_params, resolve, set_profile
 from hypermeta.dag import (
     DRY_RUN_DIR,
     SOURCES_STAGE,
+    check_needs_file,
     commit,
     commit_finished,
     dvc_stages,
@@ -23,6 +24,7 @@ from hypermeta.dag import (
     mark_finished_command,
     params_file,
     snakemake_inputs,
+    write_needs,
 )
 from hypermeta.sources import write_fingerprints
 
@@ -41,6 +43,12 @@ WRITTEN = write_fingerprints(instead=DRY_RUN_DIR / "sources" if DRY_RUN else Non
 FINGERPRINTS = {f"sources/{name}": str(path) for name, path in WRITTEN.items()}
 if not DRY_RUN:
     commit([SOURCES_STAGE])
+# needs.yaml, DVC's view of the experiments' `needs:` (hypermeta.dag), before DVC reads dvc.yaml;
+# a dry run plans with it as it is, and says so when it is stale.
+if DRY_RUN:
+    check_needs_file(PARAMS)
+else:
+    write_needs(PARAMS)
 STAGES = [stage for stage in dvc_stages() if stage.name != SOURCES_STAGE]
 LOCK = load_lock()
 

@@ -34,6 +34,12 @@ if "profile" in config and not DRY_RUN:
     set_profile("params.yaml", config["profile"])
 PARAMS = load_params("params.yaml", profile=config.get("profile"))
 RAW_PARAMS = {**yaml.safe_load(open("params.yaml")), "profile": PARAMS.profile}
+# needs.yaml, DVC's view of the experiments' `needs:` (hypermeta.dag), before DVC reads dvc.yaml;
+# a dry run plans with it as it is, and says so when it is stale.
+if DRY_RUN:
+    check_needs_file(PARAMS)
+else:
+    write_needs(PARAMS)
 # dvc.yaml's `sources` stage runs here, as the DAG is built, not as a job: Snakemake reruns
 # every job downstream of a job it reruns, whereas a fingerprint file changes (and so
 # reruns its stages) only when a file that its stages run does. Committed at once (0.6 s):
@@ -43,12 +49,6 @@ WRITTEN = write_fingerprints(instead=DRY_RUN_DIR / "sources" if DRY_RUN else Non
 FINGERPRINTS = {f"sources/{name}": str(path) for name, path in WRITTEN.items()}
 if not DRY_RUN:
     commit([SOURCES_STAGE])
-# needs.yaml, DVC's view of the experiments' `needs:` (hypermeta.dag), before DVC reads dvc.yaml;
-# a dry run plans with it as it is, and says so when it is stale.
-if DRY_RUN:
-    check_needs_file(PARAMS)
-else:
-    write_needs(PARAMS)
 STAGES = [stage for stage in dvc_stages() if stage.name != SOURCES_STAGE]
 LOCK = load_lock()
 

@@ -3,6 +3,7 @@ class labels, carried by the episodes, and nothing of the other splits."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from hypermeta.data.episodes import EpisodeSampler, EpisodeSetting, seeded_generator
@@ -25,14 +26,16 @@ def test_episodes_carry_the_split_class_of_every_image():
     assert torch.equal((episodes.query_x[:, :, 0, 0, 0] * 255).round().long(), query)
 
 
-def test_the_classifier_has_one_output_per_training_class_and_learns_them():
+@pytest.mark.parametrize("softmax_over", ["all", "batch"])
+def test_the_classifier_has_one_output_per_training_class_and_learns_them(softmax_over):
     torch.manual_seed(0)
     images = torch.randint(0, 256, (12, 6, 1, 28, 28), dtype=torch.uint8)
-    learner = build(PretrainConfig(hidden=8), {"image_shape": [1, 28, 28], "counts": {"train": 12}})
+    info = {"image_shape": [1, 28, 28], "counts": {"train": 12}}
+    learner = build(PretrainConfig(hidden=8, softmax_over=softmax_over), info)
     assert learner.head.out_features == 12
     sampler = EpisodeSampler(images, mean=0.5, std=0.3)
     optimizer = torch.optim.Adam(learner.parameters(), 0.01)
-    setting = EpisodeSetting(12, 2, 4)
+    setting = EpisodeSetting(6, 2, 4)  # half the classes per step
     losses = [
         learner.meta_step(sampler.sample(setting, 1, seeded_generator("t", i)), optimizer)["loss"]
         for i in range(60)

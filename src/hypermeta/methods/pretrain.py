@@ -3,7 +3,10 @@
 is a class of its own, data/omniglot.py), so no class of the validation or test split is
 ever seen. It trains on the images of the engine's episodes with their split class
 labels (`Episodes.classes`): each step a class-balanced minibatch of meta_batch × n_way
-classes, k_shot + query drawings each. A needing experiment (`needs: [pretrain_omniglot]`)
+classes, k_shot + query drawings each, its softmax over every training class
+(`softmax_over: all`, the usual classifier) or over the episode's classes only (`batch`:
+a sampled softmax, for a few hundred steps on a CPU, where each of Omniglot's thousands
+of classes is drawn a few times). A needing experiment (`needs: [pretrain_omniglot]`)
 freezes its encoder, the network without the head.
 
 At meta-test it is a few-shot learner like the others, ProtoNet's nearest class mean on
@@ -12,7 +15,7 @@ build on."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -30,14 +33,20 @@ from hypermeta.nn.conv4 import Conv4
 
 class PretrainConfig(StrictModel):
     hidden: int = Field(64, gt=0, description="filters per Conv-4 block")
+    softmax_over: Literal["all", "batch"] = Field(
+        "all",
+        description="the classes each step's softmax normalises over: every training class, "
+        "or only those of its episode (a sampled softmax: learns in far fewer steps)",
+    )
 
 
 class PretrainedClassifier(PrototypicalNetwork):
     """Conv-4 + a linear head over the `num_classes` classes of the training split."""
 
-    def __init__(self, encoder: Conv4, num_classes: int) -> None:
+    def __init__(self, encoder: Conv4, num_classes: int, softmax_over: str = "all") -> None:
         super().__init__(encoder)
         self.head = nn.Linear(encoder.embedding_size, num_classes)
+        self.softmax_over = softmax_over
 
     def meta_step(self, episodes: Episodes, optimizer: torch.optim.Optimizer) -> dict[str, float]:
         if episodes.classes is None:
@@ -45,15 +54,18 @@ class PretrainedClassifier(PrototypicalNetwork):
                 "pre-training needs episodes drawn from a split (their class labels); "
                 "train it with the pipeline's train stage."
             )
-        images = torch.cat([episodes.support_x.flatten(0, 1), episodes.query_x.flatten(0, 1)])
-        labels = torch.cat(
-            [
-                episodes.classes.gather(1, episodes.support_y).flatten(),
-                episodes.classes.gather(1, episodes.query_y).flatten(),
-            ]
-        )
-        logits = self.head(self.encoder(images.contiguous(memory_format=torch.channels_last)))
-        loss = F.cross_entropy(logits, labels)
+        images = torch.cat([episodes.support_x, episodes.query_x], dim=1)  # (B, M, C, H, W)
+        within = torch.cat([episodes.support_y, episodes.query_y], dim=1)  # (B, M) in 0..N-1
+        embedded = self.encoder(
+            images.flatten(0, 1).contiguous(memory_format=torch.channels_last)
+        ).unflatten(0, images.shape[:2])
+        if self.softmax_over == "batch":  # each episode's rows of the head
+            weight, bias = self.head.weight[episodes.classes], self.head.bias[episodes.classes]
+            logits = embedded @ weight.transpose(1, 2) + bias.unsqueeze(1)
+            labels = within
+        else:
+            logits, labels = self.head(embedded), episodes.classes.gather(1, within)
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -66,7 +78,8 @@ def build(config: PretrainConfig, data_info: dict[str, Any]) -> PretrainedClassi
     encoder = Conv4(channels, config.hidden, image_size=height)
     # The head's classes are the prepared training split's; a learner built without one
     # (to inspect its interface) gets a one-class head.
-    return PretrainedClassifier(encoder, data_info.get("counts", {}).get("train", 1))
+    classes = data_info.get("counts", {}).get("train", 1)
+    return PretrainedClassifier(encoder, classes, config.softmax_over)
 
 
 register(

@@ -15,6 +15,7 @@ from hypermeta.experiments import load_params, resolve, set_profile
 from hypermeta.dag import (
     DRY_RUN_DIR,
     SOURCES_STAGE,
+    check_needs_file,
     commit,
     commit_finished,
     dvc_stages,
@@ -23,6 +24,7 @@ from hypermeta.dag import (
     mark_finished_command,
     params_file,
     snakemake_inputs,
+    write_needs,
 )
 from hypermeta.sources import write_fingerprints
 
@@ -32,6 +34,12 @@ if "profile" in config and not DRY_RUN:
     set_profile("params.yaml", config["profile"])
 PARAMS = load_params("params.yaml", profile=config.get("profile"))
 RAW_PARAMS = {**yaml.safe_load(open("params.yaml")), "profile": PARAMS.profile}
+# needs.yaml, DVC's view of the experiments' `needs:` (hypermeta.dag), before DVC reads dvc.yaml;
+# a dry run plans with it as it is, and says so when it is stale.
+if DRY_RUN:
+    check_needs_file(PARAMS)
+else:
+    write_needs(PARAMS)
 # dvc.yaml's `sources` stage runs here, as the DAG is built, not as a job: Snakemake reruns
 # every job downstream of a job it reruns, whereas a fingerprint file changes (and so
 # reruns its stages) only when a file that its stages run does. Committed at once (0.6 s):

@@ -71,6 +71,9 @@ class ExperimentEntry(StrictModel):
     method: str
     dataset: str
     group: str | None = None
+    # Experiments whose trained models this one's stages read (`StageContext.needed_model`):
+    # its train stage runs after theirs and reruns when their models change (dvc.yaml).
+    needs: list[str] = []
     model: dict[str, Any] = {}
     train: dict[str, Any] = {}
     eval: dict[str, Any] = {}
@@ -106,6 +109,7 @@ class Experiment:
     kind: str
     dataset: str
     group: str | None
+    needs: tuple[str, ...]
     model: BaseModel
     train: BaseModel
     eval: BaseModel
@@ -211,7 +215,43 @@ def read_params(path: str | Path = "params.yaml", profile: str | None = None) ->
     for name in params.references:
         if name not in params.experiments:
             raise HypermetaError(f"params.yaml: references.{name} names no experiment.")
+    check_needs(params)
     return params
+
+
+def check_needs(params: Params) -> None:
+    """Every `needs:` names another experiment that runs under every profile, and no
+    experiment needs itself through others (the DAG would have a cycle)."""
+    for name, entry in params.experiments.items():
+        for needed in entry.needs:
+            if needed not in params.experiments:
+                raise HypermetaError(
+                    f"params.yaml: experiments.{name}.needs names {needed!r}, which is not an "
+                    f"experiment; use one of {sorted(set(params.experiments) - {name})}."
+                )
+            for profile in params.profiles:
+                dataset = params.experiments[needed].dataset
+                override = params.experiments[needed].profiles.get(profile, {})
+                dataset = override.get("dataset", dataset)
+                if dataset not in params.data.datasets.get(profile, []):
+                    raise HypermetaError(
+                        f"params.yaml: experiments.{name}.needs {needed!r}, which cannot run "
+                        f"under profile {profile!r} (data.datasets.{profile} lacks its dataset "
+                        f"{dataset!r}); add the dataset there or remove {needed!r} from needs."
+                    )
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in path:
+            cycle = " → ".join((*path[path.index(name) :], name))
+            raise HypermetaError(
+                f"params.yaml: the needs of experiments form a cycle ({cycle}); remove one "
+                "of these needs."
+            )
+        for needed in params.experiments[name].needs:
+            visit(needed, (*path, name))
+
+    for name in params.experiments:
+        visit(name, ())
 
 
 def split_config(params: Params, profile: str | None = None) -> SplitConfig:
@@ -254,6 +294,11 @@ def merged_entry(
         raise HypermetaError(
             f"params.yaml: {where}.profiles.{profile}.method: a profile cannot change an "
             "experiment's method; define another experiment for it."
+        )
+    if "needs" in override:  # the DAG is one for every profile (needs.yaml)
+        raise HypermetaError(
+            f"params.yaml: {where}.profiles.{profile}.needs: a profile cannot change what an "
+            "experiment needs; define another experiment for it."
         )
     merged = deep_merge(base, override)
     merged = validate_section(

@@ -13,6 +13,15 @@ Keeping them in step both ways:
 - a dry run (`snakemake -n`) changes nothing a user versions, nor the per-stage files a
   real run reads: each file that would change is written under DRY_RUN_DIR instead, and
   Snakemake plans with that copy.
+
+Experiment-to-experiment dependencies (`needs:` in params.yaml) reach DVC through
+needs.yaml, which this module writes from params.yaml (`python -m hypermeta.dag needs`; the
+Snakefile does it as it builds its DAG). DVC cannot give the stages of one `foreach` a
+varying number of dependencies (treeverse/dvc#7151), so the file adds to each
+experiment one path, `inputs`, that its train stage depends on: `needs/<experiment>`, a
+folder holding one small file per needed experiment, written by a `needs` stage that
+depends on that experiment's model.pt; for an experiment that needs none, the prepared
+data it depends on anyway.
 """
 
 from __future__ import annotations
@@ -30,9 +39,16 @@ from typing import Any
 
 import yaml
 
+from hypermeta.atomic import write_json, write_text
+from hypermeta.config import Params
+from hypermeta.errors import HypermetaError
+from hypermeta.paths import MODELS, NEEDS, PREPARED
+
 PARAMS_DIR = Path(".snakemake/hypermeta-params")
 DRY_RUN_DIR = Path(".snakemake/hypermeta-dry-run")
 SOURCES_STAGE = "sources"
+NEEDS_STAGE = "needs"
+NEEDS_FILE = Path("needs.yaml")
 
 
 @dataclass
@@ -46,11 +62,14 @@ class Stage:
 
     @property
     def rule_name(self) -> str:
-        return self.name.replace("@", "__").replace("-", "_")
+        return self.name.replace("@", "__").replace("-", "_").replace("+", "__")
 
     @property
     def experiment(self) -> str | None:
-        return self.name.split("@", 1)[1] if "@" in self.name else None
+        """The experiment of an experiment's stage (train@cnn: cnn); None for the others,
+        including a `needs` edge (needs@leo+pretrain)."""
+        group, _, key = self.name.partition("@")
+        return key if key and group != NEEDS_STAGE else None
 
 
 def dvc_stages(root: Path = Path(".")) -> list[Stage]:
@@ -69,6 +88,62 @@ def dvc_stages(root: Path = Path(".")) -> list[Stage]:
             persistent = [out.def_path for out in stage.outs if out.persist]
             stages.append(Stage(stage.addressing, stage.cmd, deps, params, outs, persistent))
     return stages
+
+
+def needs_vars(params: Params) -> dict[str, Any]:
+    """What needs.yaml holds (module docstring): each experiment's `inputs` path, merged by
+    DVC into its params.yaml entry, and the `needs` edges, one stage each."""
+    experiments = {
+        name: {"inputs": str(NEEDS / name) if entry.needs else str(PREPARED)}
+        for name, entry in params.experiments.items()
+    }
+    edges = {
+        f"{name}+{needed}": {"experiment": name, "needed": needed}
+        for name, entry in params.experiments.items()
+        for needed in entry.needs
+    }
+    return {"experiments": experiments, "needs": edges}
+
+
+def needs_text(params: Params) -> str:
+    header = (
+        "# Written by `python -m hypermeta.dag needs` from the `needs:` of params.yaml's\n"
+        "# experiments; do not edit (the Snakefile rewrites it; hypermeta/dag.py says why).\n"
+    )
+    return header + yaml.safe_dump(needs_vars(params), sort_keys=True)
+
+
+def write_needs(params: Params, root: Path = Path(".")) -> bool:
+    """Bring needs.yaml up to date with params.yaml; whether it changed."""
+    path = root / NEEDS_FILE
+    text = needs_text(params)
+    if path.exists() and path.read_text() == text:
+        return False
+    write_text(path, text)
+    return True
+
+
+def check_needs_file(params: Params, root: Path = Path(".")) -> None:
+    """One sentence when needs.yaml does not say what params.yaml's `needs:` say, so DVC
+    would order the stages by stale dependencies."""
+    path = root / NEEDS_FILE
+    if not path.exists() or path.read_text() != needs_text(params):
+        raise HypermetaError(
+            f"{path} does not match the needs of params.yaml's experiments; run "
+            "`python -m hypermeta.dag needs` (the Snakefile does it for you)."
+        )
+
+
+def link_needed(experiment: str, needed: str) -> Path:
+    """The `needs` stage: record the md5 of `needed`'s trained model for `experiment`, so
+    its train stage reruns exactly when that model changes."""
+    from hypermeta.data.download import md5_of
+
+    model = MODELS / needed / "model.pt"
+    path = NEEDS / experiment / f"{needed}.json"
+    record = {"experiment": experiment, "needs": needed, "model": str(model), "md5": md5_of(model)}
+    write_json(path, record)
+    return path
 
 
 def is_directory(path: str) -> bool:
@@ -217,7 +292,19 @@ def commit_finished() -> list[str]:
     return stages
 
 
+USAGE = """usage: python -m hypermeta.dag commit STAGE [STAGE ...]
+       python -m hypermeta.dag needs                  (rewrite needs.yaml from params.yaml)
+       python -m hypermeta.dag link EXPERIMENT NEEDED (dvc.yaml's `needs` stage)"""
+
 if __name__ == "__main__":
-    if len(sys.argv) < 3 or sys.argv[1] != "commit":
-        sys.exit("usage: python -m hypermeta.dag commit STAGE [STAGE ...]")
-    commit(sys.argv[2:])
+    command, arguments = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
+    if command == "commit" and arguments:
+        commit(arguments)
+    elif command == "needs" and not arguments:
+        from hypermeta.config import read_params
+
+        print(f"needs.yaml {'rewritten' if write_needs(read_params()) else 'up to date'}")
+    elif command == "link" and len(arguments) == 2:
+        link_needed(*arguments)
+    else:
+        sys.exit(USAGE)

@@ -55,6 +55,8 @@ def resolve(params: Params, name: str, profile: str | None = None) -> Experiment
         "eval": section("eval", engine.eval_config),
         "resources": Resources.model_validate(merged["resources"]),
     }
+    # An experiment that needs none hashes as before `needs` existed: its checkpoint resumes.
+    validated = {key: value for key, value in merged.items() if key != "needs" or value}
     return Experiment(
         name=name,
         profile=profile,
@@ -62,10 +64,11 @@ def resolve(params: Params, name: str, profile: str | None = None) -> Experiment
         kind=method.kind,
         dataset=merged["dataset"],
         group=merged["group"],
+        needs=tuple(merged["needs"]),
         **sections,
         # What was validated, not what was written: `lr: 1` and `lr: 1.0`, or a default
         # spelled out, are one experiment with one fingerprint (its checkpoint resumes).
-        section={**merged, **{key: value.model_dump() for key, value in sections.items()}},
+        section={**validated, **{key: value.model_dump() for key, value in sections.items()}},
     )
 
 

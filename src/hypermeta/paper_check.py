@@ -27,7 +27,8 @@ from typing import Any
 
 import yaml
 
-from hypermeta.config import Experiment, Params, load_raw
+from hypermeta.config import Experiment, Params, load_raw, read_params
+from hypermeta.dag import write_needs
 from hypermeta.data.download import mirror_location
 from hypermeta.errors import HypermetaError
 from hypermeta.paths import METRICS, MODELS, PREPARED, repo_root
@@ -173,10 +174,26 @@ def paper_check(names: list[str], overrides: dict[str, Any]) -> list[Path]:
             raise HypermetaError(
                 f"unknown experiment {name!r}; params.yaml defines {sorted(raw['experiments'])}."
             )
+    read_params(root / "params.yaml")  # the needs checked: named, acyclic
     workspace = root / WORKSPACE
     workspace.mkdir(parents=True, exist_ok=True)
     with workspace_lock(workspace):
-        return run_in_workspace(root, raw, names, overrides, workspace)
+        return run_in_workspace(root, raw, with_needs(raw, names), overrides, workspace)
+
+
+def with_needs(raw: dict[str, Any], names: list[str]) -> list[str]:
+    """`names` and the experiments they need (`needs:`), each after those it needs."""
+    ordered: list[str] = []
+
+    def add(name: str) -> None:
+        for needed in raw["experiments"][name].get("needs", []):
+            add(needed)
+        if name not in ordered:
+            ordered.append(name)
+
+    for name in names:
+        add(name)
+    return ordered
 
 
 @contextmanager
@@ -209,6 +226,7 @@ def run_in_workspace(
         yaml.safe_dump(workspace_params(raw, names, overrides, root), sort_keys=False)
     )
     params = load_params(workspace / "params.yaml")  # every key checked before any work
+    write_needs(params, workspace)
     experiments = [resolve(params, name) for name in names]
     gpu = torch.cuda.is_available()
     for exp in experiments:

@@ -9,6 +9,7 @@ MODELS = Path("models")
 METRICS = Path("metrics")
 PLOTS = Path("plots")
 REPORTS = Path("reports")
+NEEDS = Path("needs")  # what each experiment needs of others (hypermeta.dag)
 
 
 def repo_root() -> Path:

@@ -12,6 +12,7 @@ from typing import Any
 
 from hypermeta.atomic import write_json
 from hypermeta.config import Experiment, Params, params_hash, split_config
+from hypermeta.dag import NEEDS_FILE, check_needs_file
 from hypermeta.engine import StageContext, get_engine
 from hypermeta.engine.device import fix_numerics
 from hypermeta.experiments import load_params, resolve
@@ -91,6 +92,8 @@ def split() -> None:
 def train(name: str) -> None:
     params = load_params()
     exp = resolve(params, name)
+    if exp.needs or NEEDS_FILE.exists():  # else DVC may have ordered it before its needs
+        check_needs_file(params)
     with child_run(params, "train", exp) as tracker:
         ctx = stage_context(exp, tracker)
         engine = get_engine(exp.kind)

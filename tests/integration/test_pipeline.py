@@ -169,7 +169,8 @@ def check_quick_results(root: Path) -> None:
     for name in ("cnn", "hypercnn"):  # MNIST, 10 classes: chance is 10%
         assert metrics(name)["test_accuracy"] > 0.8, name
     floors = {"protonet_omniglot": 0.90, "maml_omniglot": 0.85}  # issue 3's floors
-    for name in ("fomaml_omniglot", "mamlpp_omniglot", "metasgd_omniglot", "reptile_omniglot"):
+    for name in ("fomaml_omniglot", "mamlpp_omniglot", "metasgd_omniglot", "reptile_omniglot",
+                 "pretrain_omniglot", "leo_omniglot"):  # fmt: skip
         floors[name] = 0.4  # twice chance (5-way): a broken learner stays near 20%
     for name, floor in floors.items():
         assert metrics(name)["accuracy_5way_1shot"] >= floor, (name, metrics(name))
@@ -369,13 +370,27 @@ def test_killed_training_resumes_and_completes(project):
 
 def test_editing_a_method_file_reruns_only_that_methods_experiments(project):
     params = yaml.safe_load((project.root / "params.yaml").read_text())
-    using = [name for name, entry in params["experiments"].items() if entry["method"] == "protonet"]
-    expected = {f"{stage}@{name}" for stage in ("train", "evaluate", "visualize") for name in using}
-    expected |= {"report"}  # it tabulates every experiment
+    experiments = params["experiments"]
+    # protonet.py runs in protonet's experiments and pretrain's (a PrototypicalNetwork)
+    using = [
+        name for name, entry in experiments.items() if entry["method"] in ("protonet", "pretrain")
+    ]
+    stages = ("train", "evaluate", "visualize")
+    expected = {f"{stage}@{name}" for stage in stages for name in using} | {"report"}
     append_comment(project.root / "src" / "hypermeta" / "methods" / "protonet.py")
     assert dvc_stale(project) == expected
-    assert snakemake_jobs(project.run("snakemake", "-n", "--cores", "2")) == rules(expected)
-    assert dvc_ran(project.run(sys.executable, "-m", "dvc", "repro")) == expected
+    # and, their models retrained, what needs them (leo_omniglot needs pretrain_omniglot)
+    needing = {
+        (name, needed) for name, entry in experiments.items()
+        for needed in entry.get("needs", []) if needed in using
+    }  # fmt: skip
+    assert needing, "no experiment needs one that runs protonet.py"
+    downstream = {f"needs@{name}+{needed}" for name, needed in needing}
+    downstream |= {f"{stage}@{name}" for stage in stages for name, _ in needing}
+    assert snakemake_jobs(project.run("snakemake", "-n", "--cores", "2")) == rules(
+        expected | downstream
+    )
+    assert dvc_ran(project.run(sys.executable, "-m", "dvc", "repro")) == expected | downstream
     assert "Nothing to be done" in project.run("snakemake", "-n", "--cores", "2")
 
 

@@ -70,8 +70,11 @@ def test_fingerprints_change_only_for_the_stages_that_run_an_edited_file(tmp_pat
     protonet = tmp_path / "src/hypermeta/methods/protonet.py"
     protonet.write_text(protonet.read_text() + "# an edit\n")
     written = write_fingerprints(tmp_path)
+    # protonet's stages, and pretrain's, whose classifier is a PrototypicalNetwork
     assert sorted(written) == [
-        "evaluate-protonet.json", "report.json", "train-protonet.json", "visualize-protonet.json"
+        "evaluate-pretrain.json", "evaluate-protonet.json", "report.json",
+        "train-pretrain.json", "train-protonet.json",
+        "visualize-pretrain.json", "visualize-protonet.json",
     ]  # fmt: skip
 
     # a new file a method imports joins that method's stages

@@ -24,13 +24,16 @@ class Episodes:
     """A meta-batch of B tasks, N-way K-shot with Q queries per class, as tensors.
 
     support_x (B, N·K, C, H, W) float, support_y (B, N·K) in 0..N-1;
-    query_x (B, N·Q, C, H, W), query_y (B, N·Q)."""
+    query_x (B, N·Q, C, H, W), query_y (B, N·Q). `classes` (B, N), when the episodes
+    were drawn from a split: the split's index of each episode's class n (a learner that
+    pre-trains a classifier over all training classes reads it; none at `predict`)."""
 
     support_x: torch.Tensor
     support_y: torch.Tensor
     query_x: torch.Tensor
     query_y: torch.Tensor
     n_way: int
+    classes: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> Episodes:
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -124,6 +127,7 @@ class EpisodeSampler:
             query_x=x[:, :, k:].flatten(1, 2),
             query_y=labels.repeat_interleave(setting.query, dim=1),
             n_way=n,
+            classes=classes,
         )
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:

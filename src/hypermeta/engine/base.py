@@ -20,7 +20,9 @@ from typing import Any, ClassVar
 from pydantic import BaseModel
 from torch import nn
 
-from hypermeta.config import Experiment
+from hypermeta.config import Experiment, params_hash
+from hypermeta.errors import HypermetaError
+from hypermeta.paths import MODELS
 from hypermeta.tracking import Tracker
 
 
@@ -44,6 +46,31 @@ class StageContext:
     @property
     def checkpoint_path(self) -> Path:
         return self.model_dir / "checkpoint.pt"
+
+    def training_hash(self) -> str:
+        """What a checkpoint must have been made with to resume: the experiment's params,
+        and the trained models it needs (a retrained one starts its training afresh)."""
+        if not self.experiment.needs:
+            return self.experiment.params_hash
+        from hypermeta.data.download import md5_of
+
+        models = {name: md5_of(self.needed_model(name)) for name in self.experiment.needs}
+        return params_hash({"params": self.experiment.params_hash, "needs": models})
+
+    def needed_model(self, name: str) -> Path:
+        """The trained model.pt of experiment `name`, which this one lists under `needs:`
+        (dvc.yaml then trains it first)."""
+        if name not in self.experiment.needs:
+            raise HypermetaError(
+                f"experiments.{self.experiment.name} reads the trained model of {name!r} but "
+                f"does not list it under needs; add needs: [{name}] to its entry in params.yaml."
+            )
+        path = MODELS / name / "model.pt"
+        if not path.exists():
+            raise HypermetaError(
+                f"{path} not found; train {name!r} first (python pipeline/train.py {name})."
+            )
+        return path
 
 
 class Engine(ABC):

@@ -39,6 +39,7 @@ from hypermeta.engine.device import DeviceName, adam, autocast, resolve_device
 from hypermeta.engine.loop import Row, Training, fit_stage, on_cpu, save_trained
 from hypermeta.engine.schedule import lr_scheduler
 from hypermeta.errors import HypermetaError
+from hypermeta.methods import get_method
 from hypermeta.methods.fewshot_base import RETIRED_REGIMES, BatchNormRegime, FewShotLearner
 from hypermeta.progress import progress
 from hypermeta.stats import mean_interval
@@ -198,6 +199,14 @@ class FewShotTraining(Training):
             "make it agree with n_way in the model section",
         )
         check_regimes(self.learner, exp.eval, f"experiments.{exp.name}.eval")
+        start_from = get_method(exp.method).start_from
+        if start_from is not None:
+            start_from(self.learner, {n: load_trained(ctx.needed_model(n))[0] for n in exp.needs})
+            self.learner.to(self.device)
+        # A learner whose encoder is frozen sees each image through it alone in training
+        # too (LEO): it meta-trains on episodes of features, every image encoded once.
+        if (encoder := self.learner.image_encoder()) is not None:
+            self.train_sampler = self.train_sampler.encoded(encoder)
         self.optimizer = adam(self.learner.parameters(), cfg.lr, cfg.weight_decay)
         self.scheduler = lr_scheduler(
             self.optimizer, cfg.lr_schedule, cfg.iterations, cfg.lr_decay, cfg.lr_decay_every

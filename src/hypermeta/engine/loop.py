@@ -191,7 +191,7 @@ def diverged(training: Training, stopping: EarlyStopping, row: Row) -> None:
 
 def fit_stage(training: Training, ctx: StageContext) -> list[Row]:
     """`fit` in a train stage: its experiment's checkpoint, rows logged to its run."""
-    checkpointer = Checkpointer(ctx.checkpoint_path, ctx.experiment.params_hash)
+    checkpointer = Checkpointer(ctx.checkpoint_path, ctx.training_hash())
     return fit(training, checkpointer, ctx.tracker.log_metrics)
 
 

@@ -24,3 +24,6 @@ class MethodSpec:
     summary: str
     # The weight plotted by `visualize` and costed in `evaluate` (e.g. a conv kernel).
     featured_weight: str | None = None
+    # What the built module takes, before training, from the trained models of the
+    # experiments its experiment `needs` ({name: trained module}); e.g. LEO's frozen encoder.
+    start_from: Callable[[nn.Module, dict[str, nn.Module]], None] | None = None

@@ -11,11 +11,13 @@ from maml_helpers import IMAGES, build, prototype_episodes
 from tolerance import assert_close_reordered
 from unit.helpers import untimed
 
-from hypermeta.data.episodes import Episodes
+from hypermeta.data.episodes import EpisodeIndex, Episodes
+from hypermeta.data.prepare import load_manifest, load_split
 from hypermeta.engine.fewshot import FewShotEngine
 from hypermeta.hyper import GeneratedModel, effective_parameters, effective_size, target_shapes
 from hypermeta.hyper.task_encoder import GeneratedHead, TaskCode, TaskEncoder, TaskHypernet
 from hypermeta.methods.fewshot_base import FewShotLearner
+from hypermeta.plots.fewshot import FewShotPlotter, episode_alphabets
 
 # (method, model section): each learner, and the options that change its network.
 LEARNERS = {
@@ -232,3 +234,51 @@ def test_interrupted_training_resumes_exactly(key, tmp_path, data_dir, monkeypat
     for name, value in reference["state_dict"].items():
         assert torch.equal(final["state_dict"][name], value), name
     assert untimed(final["history"]) == untimed(reference["history"])
+
+
+@pytest.mark.parametrize(
+    ("key", "figures"),
+    [
+        ("hypernet_fewshot", ["generated_head.png", "task_codes.png"]),
+        ("hyperproto", ["generated_filters.png", "task_codes.png"]),
+    ],
+)
+def test_visualize_draws_what_the_learner_generates(key, figures, tmp_path, data_dir):
+    torch.set_num_threads(1)
+    method, model = LEARNERS[key]
+    exp = fewshot_experiment(
+        {
+            "method": method,
+            "model": model,
+            "train": {"n_way": 5, "query": 2, "meta_batch": 2, "iterations": 2,
+                      "val_every": 2, "val_episodes": 2, "device": "cpu"},
+            "eval": {"batchnorm": "transductive", "episodes": 12, "meta_batch": 5,
+                     "settings": [{"n_way": 5, "k_shot": 1}, {"n_way": 12, "k_shot": 1}]},
+        }
+    )  # fmt: skip
+    engine, ctx = FewShotEngine(), stage_context(exp, data_dir, tmp_path)
+    engine.train(ctx)
+    metrics = engine.evaluate(ctx)
+    assert {"accuracy_5way_1shot", "accuracy_12way_1shot"} <= set(metrics)  # any ways
+    paths = FewShotPlotter().visualize(ctx)
+    assert [p.name for p in paths] == ["curves.png", "episode.png", "data_split.txt", *figures]
+    assert all(p.stat().st_size > 0 for p in paths)
+
+
+def test_an_episode_is_coloured_by_the_alphabet_most_of_its_classes_come_from(data_dir):
+    manifest = load_manifest(data_dir)
+    characters = load_split(data_dir, "test")["character"].tolist()
+    alphabet = [manifest["characters"][c].split("/")[0] for c in characters]
+    names = list(dict.fromkeys(alphabet))  # in class order
+    one, two = ([c for c, a in enumerate(alphabet) if a == name] for name in names[:2])
+    classes = torch.tensor(
+        [
+            [two[0], one[0], one[1], one[2]],  # three of four from the first alphabet
+            [one[0], one[1], one[2], one[3]],  # all from one
+            [two[0], one[0], two[1], one[1]],  # a tie: its first class's alphabet
+        ]
+    )
+    index = EpisodeIndex(classes, torch.zeros(3, 4, 2, dtype=torch.long))
+    majority, pure = episode_alphabets(data_dir, manifest, index)
+    assert majority == [names[0], names[0], names[1]]
+    assert pure == 1

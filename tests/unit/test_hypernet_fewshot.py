@@ -38,6 +38,28 @@ LEARNERS = {
         "hyperproto",
         {"hidden": 8, "code": 8, "encoder_hidden": [16], "residual": True},
     ),
+    "hypermaml": (
+        "hypermaml",
+        {
+            "hidden": 8,
+            "code": 8,
+            "encoder_hidden": [16],
+            "inner_steps": 2,
+            "inner_lr": 0.5,
+            "adapt_last_layer": True,
+        },
+    ),  # fmt: skip
+    "hypermaml-learned": (
+        "hypermaml",
+        {
+            "hidden": 8,
+            "code": 8,
+            "encoder_hidden": [16],
+            "inner_steps": 2,
+            "update": "learned",
+            "pooling": "kernel",
+        },
+    ),  # fmt: skip
 }
 
 
@@ -93,7 +115,7 @@ def test_gradients_reach_hypernetwork_task_encoder_and_encoder(key):
     for name, param in model.named_parameters():
         if "task_encoder" in name:
             groups["task encoder"].append(param)
-        elif "generator" in name or ".out." in name:
+        elif "generator" in name or "learned_update" in name:
             groups["hypernetwork"].append(param)
         else:
             groups["encoder"].append(param)
@@ -173,6 +195,8 @@ LEARNING = {
     "hypernet_fewshot": ({"code": 32, "encoder_hidden": [32]}, 0.01, 100),
     "hypernet_fewshot-kernel-block-residual": ({}, 0.003, 50),
     "hyperproto": ({}, 0.003, 50),
+    "hypermaml": ({"adapt_last_layer": False}, 0.01, 100),
+    "hypermaml-learned": ({"code": 32, "encoder_hidden": [32]}, 0.01, 100),
 }
 
 

@@ -11,7 +11,7 @@ from maml_helpers import IMAGES, build, prototype_episodes
 from tolerance import assert_close_reordered
 from unit.helpers import untimed
 
-from hypermeta.data.episodes import EpisodeIndex, Episodes
+from hypermeta.data.episodes import EpisodeIndex, Episodes, EpisodeSampler, EpisodeSetting
 from hypermeta.data.prepare import load_manifest, load_split
 from hypermeta.engine.fewshot import FewShotEngine
 from hypermeta.hyper import GeneratedModel, effective_parameters, effective_size, target_shapes
@@ -306,3 +306,26 @@ def test_an_episode_is_coloured_by_the_alphabet_most_of_its_classes_come_from(da
     majority, pure = episode_alphabets(data_dir, manifest, index)
     assert majority == [names[0], names[0], names[1]]
     assert pure == 1
+
+
+@pytest.mark.parametrize("key", ["hypernet_fewshot", "hypermaml-learned", "hyperproto"])
+def test_encoding_each_test_image_once_equals_encoding_per_episode(key):
+    model = learner(key)
+    model.train()
+    for _ in range(3):  # running statistics away from their initial values
+        model.query_logits(episodes())
+    images = torch.randint(0, 256, (12, 6, 1, 16, 16), dtype=torch.uint8)
+    sampler = EpisodeSampler(images, mean=0.2, std=0.3)
+    setting = EpisodeSetting(n_way=5, k_shot=2, query=3)
+    index = sampler.fixed_episodes(setting, 4, seed=0)
+    with model.meta_test("transductive"):
+        assert model.image_encoder() is None  # batch statistics: per episode only
+    with model.meta_test("running_stats"):
+        per_episode = model.test_logits(sampler.gather(setting, index))
+        encoder = model.image_encoder()
+        if key == "hyperproto":  # its last block depends on the task: no per-image features
+            assert encoder is None
+            return
+        with torch.no_grad():
+            once = model.feature_logits(sampler.encoded(encoder).gather(setting, index))
+    assert_close_reordered(once, per_episode)

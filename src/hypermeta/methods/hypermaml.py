@@ -151,11 +151,9 @@ class HyperMAML(SupportSetHypernet):
         generator = {name: w for name, w in fast.items() if name != "codes"}
         return self.head.weights(fast["codes"], means, generator)
 
-    def task(
-        self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor, n_way: int
+    def classify(
+        self, support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor, n_way: int
     ) -> TaskOutput:
-        features, _, _ = self.embed(torch.cat([support_x, query_x]), support_y, n_way)
-        support, query = features[: len(support_y)], features[len(support_y) :]
         code = self.task_encoder(support, support_y, n_way)
         fast, means = self.adapted(code.classes, support, support_y, n_way)
         weights = self.head_weights(fast, means)

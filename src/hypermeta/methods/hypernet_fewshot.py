@@ -61,32 +61,42 @@ class TaskOutput:
     generated head rows (N, D) and conv kernel where it generates them."""
 
     logits: torch.Tensor
-    code: torch.Tensor
+    code: torch.Tensor | None = None
     head: torch.Tensor | None = None
     filters: torch.Tensor | None = None
 
 
 class SupportSetHypernet(FewShotLearner):
     """Episodes one at a time through `embedding` (a Conv-4, or a `ConditionedConv4`
-    whose last block is generated), then `classify`. Batch norm as ProtoNet's: per
-    episode in training, transductive or running statistics at meta-test."""
+    whose last block is generated), then `classify` on the embeddings. Batch norm as
+    ProtoNet's: per episode in training, transductive or running statistics at
+    meta-test, where a plain Conv-4 encodes each test image once (`image_encoder`)."""
 
     def __init__(self, embedding: nn.Module) -> None:
         super().__init__()
-        self.embedding = embedding
-
-    def embed(self, images: torch.Tensor, labels: torch.Tensor, n_way: int):
-        """One task's images (support first) → (embeddings, block's task code or None,
-        generated kernel or None)."""
-        if isinstance(self.embedding, ConditionedConv4):
-            features, code, weights = self.embedding(images, len(labels), labels, n_way)
-            return features, code.task, weights["0.weight"]
-        return self.embedding(images), None, None
+        # Channels-last, as ProtoNet's encoder (methods/protonet.py): faster on a CPU.
+        self.embedding = embedding.to(memory_format=torch.channels_last)
 
     @abstractmethod
+    def classify(
+        self, support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor, n_way: int
+    ) -> TaskOutput:
+        """One task from its support and query embeddings."""
+
     def task(
         self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor, n_way: int
-    ) -> TaskOutput: ...
+    ) -> TaskOutput:
+        images = torch.cat([support_x, query_x])
+        if images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        shots = len(support_y)
+        if not isinstance(self.embedding, ConditionedConv4):
+            features = self.embedding(images)
+            return self.classify(features[:shots], support_y, features[shots:], n_way)
+        features, block_code, weights = self.embedding(images, shots, support_y, n_way)
+        out = self.classify(features[:shots], support_y, features[shots:], n_way)
+        code = block_code.task if out.code is None else out.code
+        return TaskOutput(out.logits, code, out.head, weights["0.weight"])
 
     def tasks(self, episodes: Episodes) -> list[TaskOutput]:
         # One forward per episode: batch-norm statistics come from that episode alone.
@@ -95,6 +105,16 @@ class SupportSetHypernet(FewShotLearner):
 
     def query_logits(self, episodes: Episodes) -> torch.Tensor:
         return torch.stack([out.logits for out in self.tasks(episodes)])
+
+    def image_encoder(self) -> nn.Module | None:
+        # With running statistics a plain Conv-4's embedding depends on its image alone.
+        if isinstance(self.embedding, ConditionedConv4):
+            return None
+        return None if any(m.training for m in self.embedding.modules()) else self.embedding
+
+    def feature_logits(self, episodes: Episodes) -> torch.Tensor:
+        tasks = zip(episodes.support_x, episodes.support_y, episodes.query_x, strict=True)
+        return torch.stack([self.classify(s, y, q, episodes.n_way).logits for s, y, q in tasks])
 
     def test_logits(self, episodes: Episodes) -> torch.Tensor:
         with torch.no_grad():
@@ -123,14 +143,12 @@ class HypernetFewShot(SupportSetHypernet):
         )
         self.head = GeneratedHead(features, config.code, config.residual)
 
-    def task(
-        self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor, n_way: int
+    def classify(
+        self, support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor, n_way: int
     ) -> TaskOutput:
-        features, _, kernel = self.embed(torch.cat([support_x, query_x]), support_y, n_way)
-        support, query = features[: len(support_y)], features[len(support_y) :]
         code = self.task_encoder(support, support_y, n_way)
         weights = self.head.weights(code.classes, prototypes(support, support_y, n_way))
-        return TaskOutput(self.head(query, weights), code.task, weights["weight"], kernel)
+        return TaskOutput(self.head(query, weights), code.task, weights["weight"])
 
 
 def support_embedding(config: SupportEncoderConfig, data_info: dict[str, Any], generate: bool):

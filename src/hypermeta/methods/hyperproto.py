@@ -28,13 +28,11 @@ from hypermeta.methods.hypernet_fewshot import (
 class HyperProto(SupportSetHypernet):
     """Prototypes and distances in a task-generated embedding."""
 
-    def task(
-        self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor, n_way: int
+    def classify(
+        self, support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor, n_way: int
     ) -> TaskOutput:
-        features, code, kernel = self.embed(torch.cat([support_x, query_x]), support_y, n_way)
-        support, query = features[: len(support_y)], features[len(support_y) :]
         centres = prototypes(support, support_y, n_way)
-        return TaskOutput(-squared_distances(query, centres), code, filters=kernel)
+        return TaskOutput(-squared_distances(query, centres))
 
 
 def build(config: SupportEncoderConfig, data_info: dict[str, Any]) -> HyperProto:

@@ -183,18 +183,24 @@ def check_regimes(learner: FewShotLearner, cfg: FewShotEval, where: str) -> None
 
 
 def inner_steps_accuracies(
-    learner: FewShotLearner, sampler: EpisodeSampler, cfg: FewShotEval, amp: bool
+    learner: FewShotLearner,
+    sampler: EpisodeSampler,
+    cfg: FewShotEval,
+    amp: bool,
+    features: EpisodeSampler | None = None,
 ) -> tuple[EpisodeSetting, dict[int, torch.Tensor]]:
     """The first setting and each episode's accuracy after each count of
-    `cfg.inner_steps_sweep` inner steps, on that setting's fixed episodes (`eval.batchnorm`)."""
+    `cfg.inner_steps_sweep` inner steps, on that setting's fixed episodes (`eval.batchnorm`;
+    `features` as for `episode_accuracies`, else encoded here once for all counts)."""
     first = cfg.settings[0]
     setting = EpisodeSetting(first.n_way, first.k_shot, cfg.query)
     index = sampler.fixed_episodes(setting, cfg.episodes, cfg.seed)
+    features = features or encoded_split(learner, sampler, cfg.batchnorm, amp)
     accuracies = {}
     for steps in cfg.inner_steps_sweep:
         with learner.with_inner_steps(steps):
             accuracies[steps] = episode_accuracies(
-                learner, sampler, setting, index, cfg.batchnorm, cfg.meta_batch, amp
+                learner, sampler, setting, index, cfg.batchnorm, cfg.meta_batch, amp, features
             )
     return setting, accuracies
 
@@ -382,7 +388,9 @@ class FewShotEngine(Engine):
                     f"{100 * mean:.2f} ± {100 * half:.2f}%"
                 )
         if cfg.inner_steps_sweep:
-            setting, sweep = inner_steps_accuracies(learner, sampler, cfg, exp.train.amp)
+            setting, sweep = inner_steps_accuracies(
+                learner, sampler, cfg, exp.train.amp, features[cfg.batchnorm]
+            )
             for steps, accuracies in sweep.items():
                 mean, half = mean_interval(accuracies, 0.95)
                 metrics[f"accuracy_{setting.name}_steps{steps}"] = mean

@@ -18,6 +18,7 @@ together in training); the inner loop runs on those embeddings."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -45,7 +46,8 @@ class HyperMAMLConfig(SupportEncoderConfig):
     eval_inner_steps: int | None = Field(
         None, ge=0, description="inner steps at meta-test; default: inner_steps"
     )
-    inner_lr: float = Field(0.1, gt=0, description="step size of the gradient update")
+    inner_lr: float = Field(0.1, gt=0, description="step size of the gradient update (initial)")
+    learn_inner_lr: bool = Field(True, description="meta-learn the step size (as LEO, Meta-SGD)")
     first_order: bool = Field(False, description="drop the inner loop's second derivatives")
     adapt_last_layer: bool = Field(
         False, description="also adapt the hypernetwork's output layer (gradient update)"
@@ -103,6 +105,9 @@ class HyperMAML(SupportSetHypernet):
         self.head = GeneratedHead(features, config.code, config.residual)
         if config.update == "learned":
             self.learned_update = LearnedUpdate(features, config.code, config.update_hidden)
+        else:  # one scalar step size, on a log scale so it stays positive
+            log_lr = torch.tensor(math.log(config.inner_lr))
+            self.log_inner_lr = nn.Parameter(log_lr, requires_grad=config.learn_inner_lr)
         self.steps_override: int | None = None
 
     def steps(self) -> int:
@@ -141,7 +146,7 @@ class HyperMAML(SupportSetHypernet):
             return F.cross_entropy(self.head(support, self.head_weights(weights, means)), labels)
 
         def update(weights: Weights, grads: Weights, step: int) -> Weights:
-            return sgd_step(weights, grads, self.config.inner_lr)
+            return sgd_step(weights, grads, self.log_inner_lr.exp())
 
         second_order = self.training and not self.config.first_order
         path = adapt(fast, support_loss, update, steps, second_order, vmapped=False)

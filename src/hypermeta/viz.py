@@ -169,7 +169,7 @@ def save_head_rows(heads: dict[str, torch.Tensor], path: Path, title: str) -> Pa
         ax.set_xlabel("feature")
         ax.set_ylabel("class")
         ax.set_yticks(range(len(rows)))
-    figure.suptitle(title)
+    figure.suptitle(title, y=1.06)  # above the two-line panel titles
     return _save(figure, path)
 
 

@@ -145,10 +145,14 @@ def episode_accuracies(
     chunk: int,
     amp: bool,
     features: EpisodeSampler | None = None,
+    encode_split: bool = True,
 ) -> torch.Tensor:
     """Query accuracy of each episode in `index`, (E,). `features`: `sampler` encoded by
-    `encoded_split` for this regime, when the caller keeps it for several settings."""
-    features = features or encoded_split(learner, sampler, batchnorm, amp)
+    `encoded_split` for this regime, when the caller keeps it for several settings; else
+    the split is encoded here if the learner allows, unless `encode_split` is False (for a
+    few episodes, encoding their images per episode is cheaper than the whole split)."""
+    if features is None and encode_split:
+        features = encoded_split(learner, sampler, batchnorm, amp)
     accuracies = []
     for part in progress(index.chunks(chunk), desc=f"{setting.name} episodes"):
         if features is None:
@@ -191,17 +195,18 @@ def inner_steps_accuracies(
 ) -> tuple[EpisodeSetting, dict[int, torch.Tensor]]:
     """The first setting and each episode's accuracy after each count of
     `cfg.inner_steps_sweep` inner steps, on that setting's fixed episodes (`eval.batchnorm`;
-    `features` as for `episode_accuracies`, else encoded here once for all counts)."""
+    `features` as for `episode_accuracies`, else each episode's images encoded with it:
+    for one setting's episodes cheaper than encoding the split)."""
     first = cfg.settings[0]
     setting = EpisodeSetting(first.n_way, first.k_shot, cfg.query)
     index = sampler.fixed_episodes(setting, cfg.episodes, cfg.seed)
-    features = features or encoded_split(learner, sampler, cfg.batchnorm, amp)
     accuracies = {}
     for steps in cfg.inner_steps_sweep:
         with learner.with_inner_steps(steps):
             accuracies[steps] = episode_accuracies(
-                learner, sampler, setting, index, cfg.batchnorm, cfg.meta_batch, amp, features
-            )
+                learner, sampler, setting, index, cfg.batchnorm, cfg.meta_batch, amp, features,
+                encode_split=False,
+            )  # fmt: skip
     return setting, accuracies
 
 

@@ -155,3 +155,45 @@ def save_episode(
     axes[0][k].set_title("queries", fontsize=9, loc="left")
     figure.suptitle(title, fontsize=10)
     return _save(figure, path)
+
+
+def save_head_rows(heads: dict[str, torch.Tensor], path: Path, title: str) -> Path:
+    """Generated classification heads side by side: each an image of its (N, D) weight
+    matrix, a row per class, one symmetric colour scale per head."""
+    figure, axes = pyplot().subplots(1, len(heads), figsize=(4.2 * len(heads), 3.2), squeeze=False)
+    for ax, (name, rows) in zip(axes[0], heads.items(), strict=True):
+        rows = rows.float().cpu()
+        scale = rows.abs().max().clamp_min(1e-12).item()
+        ax.imshow(rows, cmap="RdBu_r", vmin=-scale, vmax=scale, aspect="auto")
+        ax.set_title(f"{name}\n{tuple(rows.shape)}", fontsize=10)
+        ax.set_xlabel("feature")
+        ax.set_ylabel("class")
+        ax.set_yticks(range(len(rows)))
+    figure.suptitle(title, y=1.06)  # above the two-line panel titles
+    return _save(figure, path)
+
+
+def save_scatter(
+    points: torch.Tensor, groups: list[str], path: Path, title: str, caption: str
+) -> Path:
+    """(E, 2) points, one colour and marker per group name (legend on the right),
+    `caption` under the plot."""
+    names = sorted(set(groups))
+    colours = distinct_colours(len(names))
+    figure, ax = pyplot().subplots(figsize=(6.4, 5.2))
+    for index, name in enumerate(names):
+        chosen = [i for i, group in enumerate(groups) if group == name]
+        ax.scatter(
+            points[chosen, 0],
+            points[chosen, 1],
+            s=10,
+            color=colours[index],
+            marker=MARKERS[index % len(MARKERS)],
+            label=name,
+        )
+    ax.set_xlabel("principal component 1")
+    ax.set_ylabel("principal component 2")
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False)
+    ax.set_title(title, fontsize=10)
+    figure.text(0.5, -0.02, caption, ha="center", va="top", fontsize=7, wrap=True)
+    return _save(figure, path)

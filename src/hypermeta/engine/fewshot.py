@@ -10,7 +10,9 @@ default: every experiment states it, and the results record it (`meta_test_batch
 and the MLflow param `eval.batchnorm`). `eval.also_batchnorm` evaluates the same
 trained model on the same episodes under further regimes (Reptile's paper reports both),
 their metrics suffixed with the regime (`accuracy_5way_1shot_transductive`), so the
-unsuffixed keys always mean `eval.batchnorm`.
+unsuffixed keys always mean `eval.batchnorm`. `eval.inner_steps_sweep` evaluates a learner
+with inner steps (fewshot_base's `with_inner_steps`) after each listed number of them, on
+the first setting's episodes in the `eval.batchnorm` regime (`accuracy_5way_1shot_steps2`).
 """
 
 from __future__ import annotations
@@ -93,12 +95,19 @@ class FewShotEval(StrictModel):
     episodes: int = Field(600, gt=0, description="fixed test episodes per setting")
     seed: int = Field(0, description="seeds the test episodes; same for every method")
     meta_batch: int = Field(25, gt=0, description="test episodes per forward pass")
+    inner_steps_sweep: list[Annotated[int, Field(ge=0)]] = Field(
+        [],
+        description="inner-step counts to also evaluate after, on the first setting "
+        "(learners with inner steps); metrics accuracy_<setting>_steps<n>",
+    )
 
     @model_validator(mode="after")
     def _regimes_differ(self) -> FewShotEval:
         regimes = [self.batchnorm, *self.also_batchnorm]
         if len(set(regimes)) != len(regimes):
             raise ValueError(f"also_batchnorm repeats a regime already evaluated: {regimes}")
+        if len(set(self.inner_steps_sweep)) != len(self.inner_steps_sweep):
+            raise ValueError(f"inner_steps_sweep repeats a count: {self.inner_steps_sweep}")
         return self
 
     def regimes(self) -> list[tuple[BatchNormRegime, str]]:
@@ -137,10 +146,14 @@ def episode_accuracies(
     chunk: int,
     amp: bool,
     features: EpisodeSampler | None = None,
+    encode_split: bool = True,
 ) -> torch.Tensor:
     """Query accuracy of each episode in `index`, (E,). `features`: `sampler` encoded by
-    `encoded_split` for this regime, when the caller keeps it for several settings."""
-    features = features or encoded_split(learner, sampler, batchnorm, amp)
+    `encoded_split` for this regime, when the caller keeps it for several settings; else
+    the split is encoded here if the learner allows, unless `encode_split` is False (for a
+    few episodes, encoding their images per episode is cheaper than the whole split)."""
+    if features is None and encode_split:
+        features = encoded_split(learner, sampler, batchnorm, amp)
     accuracies = []
     for part in progress(index.chunks(chunk), desc=f"{setting.name} episodes"):
         if features is None:
@@ -162,10 +175,40 @@ def check_ways(learner: FewShotLearner, n_way: int, where: str, fix: str) -> Non
 
 
 def check_regimes(learner: FewShotLearner, cfg: FewShotEval, where: str) -> None:
-    """Refuse, before any work, a batch-norm regime the learner does not implement."""
+    """Refuse, before any work, a batch-norm regime the learner does not implement, or
+    an inner-step sweep for a learner without inner steps."""
     learner.check_batchnorm(cfg.batchnorm, f"{where}.batchnorm")
     for index, regime in enumerate(cfg.also_batchnorm):
         learner.check_batchnorm(regime, f"{where}.also_batchnorm.{index}")
+    if cfg.inner_steps_sweep and learner.with_inner_steps(0) is None:
+        raise HypermetaError(
+            f"{where}.inner_steps_sweep is set, but {type(learner).__name__} has no inner "
+            "steps to vary; leave it empty."
+        )
+
+
+def inner_steps_accuracies(
+    learner: FewShotLearner,
+    sampler: EpisodeSampler,
+    cfg: FewShotEval,
+    amp: bool,
+    features: EpisodeSampler | None = None,
+) -> tuple[EpisodeSetting, dict[int, torch.Tensor]]:
+    """The first setting and each episode's accuracy after each count of
+    `cfg.inner_steps_sweep` inner steps, on that setting's fixed episodes (`eval.batchnorm`;
+    `features` as for `episode_accuracies`, else each episode's images encoded with it:
+    for one setting's episodes cheaper than encoding the split)."""
+    first = cfg.settings[0]
+    setting = EpisodeSetting(first.n_way, first.k_shot, cfg.query)
+    index = sampler.fixed_episodes(setting, cfg.episodes, cfg.seed)
+    accuracies = {}
+    for steps in cfg.inner_steps_sweep:
+        with learner.with_inner_steps(steps):
+            accuracies[steps] = episode_accuracies(
+                learner, sampler, setting, index, cfg.batchnorm, cfg.meta_batch, amp, features,
+                encode_split=False,
+            )  # fmt: skip
+    return setting, accuracies
 
 
 class FewShotTraining(Training):
@@ -358,6 +401,16 @@ class FewShotEngine(Engine):
                     f"[hypermeta] {exp.name} {setting.name} ({batchnorm} batch norm): "
                     f"{100 * mean:.2f} ± {100 * half:.2f}%"
                 )
+        if cfg.inner_steps_sweep:
+            setting, sweep = inner_steps_accuracies(
+                learner, sampler, cfg, exp.train.amp, features[cfg.batchnorm]
+            )
+            for steps, accuracies in sweep.items():
+                mean, half = mean_interval(accuracies, 0.95)
+                metrics[f"accuracy_{setting.name}_steps{steps}"] = mean
+                metrics[f"accuracy_{setting.name}_steps{steps}_ci95"] = half
+                print(f"[hypermeta] {exp.name} {setting.name} after {steps} inner steps: "
+                      f"{100 * mean:.2f} ± {100 * half:.2f}%")  # fmt: skip
         return metrics
 
 

@@ -3,12 +3,13 @@
 A generator (`WeightGenerator`) maps a condition to `{parameter name: tensor}` for a
 target module, each tensor shaped as the generator's `target_shapes` says. The
 condition is whatever the method conditions on: nothing (a static hypernetwork), a task
-id (HNET's learned task embeddings live in the generator), and, in methods to come, a
-support-set encoding or a latent code. `GeneratedModel` runs the target with the
-generated tensors through `functional_call`, so every generator, conditioned or not,
-plugs into the same module. The target stays an ordinary module: the parameters a
-generator replaces are removed from it (`take_parameters`) so they are neither trained
-nor counted twice.
+id (HNET's learned task embeddings live in the generator), or a support-set encoding
+(hyper/task_encoder.py, the few-shot hypernetworks; LEO's latent codes likewise).
+`GeneratedModel` runs the target with the generated tensors through `functional_call`,
+so every generator, conditioned or not, plugs into the same module. The target stays an
+ordinary module: the parameters a generator replaces are removed from it
+(`take_parameters`) so they are neither trained nor counted twice, unless they are the
+learned base the generated tensors are added to (`residual`).
 
 HyperLSTM (hyper/hyperlstm.py) is the one deliberate exception: its weights are
 modulated at every time step inside the cell, not generated once as a dict.
@@ -61,15 +62,28 @@ class GeneratedModel(nn.Module):
     """A target module whose parameters `generator.target_shapes` come from the generator.
 
     `model(*inputs, condition=c)` runs `target(*inputs)` with the weights `generator(c)`;
-    a generator that takes no condition is called with None, so `model(x)` suffices."""
+    a generator that takes no condition is called with None, so `model(x)` suffices.
+    `residual`: the target keeps the generated names as learned base weights (they were
+    not taken) and computes with base + generated."""
 
-    def __init__(self, target: nn.Module, generator: WeightGenerator) -> None:
+    def __init__(
+        self, target: nn.Module, generator: WeightGenerator, residual: bool = False
+    ) -> None:
         super().__init__()
         self.target = target
         self.generator = generator
+        self.residual = residual
+
+    def weights(self, condition: Any = None) -> dict[str, torch.Tensor]:
+        """The tensors swapped into the target under `condition`."""
+        generated = self.generator(condition)
+        if not self.residual:
+            return generated
+        own = dict(self.target.named_parameters())
+        return {name: own[name] + delta for name, delta in generated.items()}
 
     def forward(self, *inputs: torch.Tensor, condition: Any = None) -> torch.Tensor:
-        return functional_call(self.target, self.generator(condition), inputs)
+        return functional_call(self.target, self.weights(condition), inputs)
 
 
 def effective_parameters(model: nn.Module, condition: Any = None) -> dict[str, torch.Tensor]:
@@ -77,7 +91,7 @@ def effective_parameters(model: nn.Module, condition: Any = None) -> dict[str, t
     generated ones merged with its own."""
     if isinstance(model, GeneratedModel):
         own = {n: p.detach() for n, p in model.target.named_parameters()}
-        generated = {n: w.detach() for n, w in model.generator(condition).items()}
+        generated = {n: w.detach() for n, w in model.weights(condition).items()}
         return own | generated
     return {n: p.detach() for n, p in model.named_parameters()}
 
@@ -86,16 +100,20 @@ def effective_size(model: nn.Module) -> int:
     """How many weights the model computes with, learned or generated (the size of
     `effective_parameters`, read from the shapes without generating anything)."""
     if isinstance(model, GeneratedModel):
-        own = sum(p.numel() for p in model.target.parameters())
-        return own + sum(math.prod(s) for s in model.generator.target_shapes.values())
+        own = dict(model.target.named_parameters())
+        generated = model.generator.target_shapes.items()
+        return sum(p.numel() for p in own.values()) + sum(
+            math.prod(s) for name, s in generated if name not in own
+        )
     return sum(p.numel() for p in model.parameters())
 
 
 def parameter_cost(model: nn.Module, name: str) -> int:
     """Trainable parameters spent on weight `name`: its size if learned directly, or the
-    generator's whole parameter count if generated."""
+    generator's whole parameter count if generated (plus its base, if residual)."""
     if isinstance(model, GeneratedModel):
         if name in model.generator.target_shapes:
-            return sum(p.numel() for p in model.generator.parameters())
+            base = model.target.get_parameter(name).numel() if model.residual else 0
+            return base + sum(p.numel() for p in model.generator.parameters())
         model = model.target
     return dict(model.named_parameters())[name].numel()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import ClassVar, Literal
 
 import torch
@@ -55,6 +55,12 @@ class FewShotLearner(nn.Module, ABC):
       `meta_test(batchnorm)`, `batchnorm` one of the learner's `batchnorm_regimes` (the
       engine refuses others before training); queries' labels are never read there
       (`predict` passes zeros).
+    - Figures (plots/fewshot.py, the visualize stage): optional hooks, each None by
+      default meaning "not supported", called inside `meta_test` under no_grad:
+      `task_codes` (a code per episode, drawn in 2-D by PCA), `generated_head` and
+      `generated_filters` (generated weights of two test tasks side by side), and
+      `with_inner_steps` (accuracy against the number of inner steps, also the eval
+      option `eval.inner_steps_sweep`).
     """
 
     max_way: int | None = None
@@ -77,6 +83,25 @@ class FewShotLearner(nn.Module, ABC):
     def feature_logits(self, episodes: Episodes) -> torch.Tensor:
         """(B, N·Q, N) logits from episodes of `image_encoder` features."""
         raise NotImplementedError(f"{type(self).__name__} has no image_encoder")
+
+    def task_codes(self, episodes: Episodes) -> torch.Tensor | None:
+        """(B, d): the code each episode's support set gives the learner (a task code, LEO's
+        latents pooled), or None when it has none."""
+        return None
+
+    def generated_head(self, episodes: Episodes) -> torch.Tensor | None:
+        """(B, N, D): the classification head's weight vector per class, as generated for
+        each episode, or None when the learner generates no head."""
+        return None
+
+    def generated_filters(self, episodes: Episodes) -> torch.Tensor | None:
+        """(B, out, in, kh, kw): a conv kernel as generated for each episode, or None."""
+        return None
+
+    def with_inner_steps(self, steps: int) -> AbstractContextManager[None] | None:
+        """A context in which test logits take `steps` inner steps (0: the initial
+        prediction), or None (the default) for a learner without inner steps."""
+        return None
 
     def loss(self, episodes: Episodes) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.query_logits(episodes)

@@ -13,6 +13,7 @@ from torch import nn
 
 from hypermeta.config import StrictModel
 from hypermeta.data.episodes import Episodes
+from hypermeta.hyper.task_encoder import prototypes, squared_distances
 from hypermeta.methods import register
 from hypermeta.methods.base import MethodSpec
 from hypermeta.methods.fewshot_base import FewShotLearner
@@ -57,25 +58,8 @@ class PrototypicalNetwork(FewShotLearner):
         return None if any(m.training for m in self.encoder.modules()) else self.encoder
 
     def feature_logits(self, episodes: Episodes) -> torch.Tensor:
-        centres = torch.stack(
-            [
-                prototypes(s, y, episodes.n_way)
-                for s, y in zip(episodes.support_x, episodes.support_y, strict=True)
-            ]
-        )
+        centres = prototypes(episodes.support_x, episodes.support_y, episodes.n_way)
         return -squared_distances(episodes.query_x, centres)
-
-
-def prototypes(support: torch.Tensor, labels: torch.Tensor, n_way: int) -> torch.Tensor:
-    """Mean embedding per class (N, D); classes may have different numbers of shots."""
-    sums = support.new_zeros(n_way, support.shape[1]).index_add_(0, labels, support)
-    counts = torch.bincount(labels, minlength=n_way).clamp_min(1).unsqueeze(1)
-    return sums / counts
-
-
-def squared_distances(query: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    """(..., Q, D) queries and (..., N, D) centres → (..., Q, N) squared distances."""
-    return (query.unsqueeze(-2) - centres.unsqueeze(-3)).pow(2).sum(-1)
 
 
 def build(config: ProtoNetConfig, data_info: dict[str, Any]) -> PrototypicalNetwork:

@@ -1,9 +1,16 @@
 """Figures of kind `fewshot`: learning curves, one test episode as the model answers it,
-and the data split in words; compare: the group's curves together."""
+and the data split in words; compare: the group's curves together.
+
+For a learner that implements the figure hooks of fewshot_base.FewShotLearner, also: the
+weights it generates for two test tasks side by side (`generated_head`,
+`generated_filters`), its task codes of the test episodes in 2-D by PCA coloured by
+alphabet (`task_codes`), and accuracy against the number of inner steps
+(`with_inner_steps`, when `eval.inner_steps_sweep` lists counts)."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -11,15 +18,21 @@ import torch
 
 from hypermeta.atomic import write_text
 from hypermeta.config import Experiment
-from hypermeta.data.episodes import EpisodeSetting
-from hypermeta.data.prepare import load_manifest
+from hypermeta.data.episodes import EpisodeIndex, EpisodeSampler, EpisodeSetting
+from hypermeta.data.prepare import load_manifest, load_split
 from hypermeta.engine.base import StageContext
 from hypermeta.engine.classification import load_trained
-from hypermeta.engine.fewshot import FewShotEval, episode_logits, split_sampler
-from hypermeta.methods.fewshot_base import BATCHNORM_REGIMES
+from hypermeta.engine.fewshot import (
+    FewShotEval,
+    episode_logits,
+    inner_steps_accuracies,
+    split_sampler,
+)
+from hypermeta.methods.fewshot_base import BATCHNORM_REGIMES, FewShotLearner
 from hypermeta.plots import register
 from hypermeta.plots.base import Plotter
-from hypermeta.viz import save_curves, save_episode
+from hypermeta.stats import mean_interval
+from hypermeta.viz import save_curves, save_episode, save_filters, save_head_rows, save_scatter
 
 
 def describe_split(manifest: dict[str, Any], exp: Experiment) -> str:
@@ -56,17 +69,23 @@ class FewShotPlotter(Plotter):
         curves = self._curves({exp.name: history}, ctx.plots_dir / "curves.png", exp.name)
         manifest = load_manifest(ctx.data_dir)
         split_note = write_text(ctx.plots_dir / "data_split.txt", describe_split(manifest, exp))
-        return [curves, self._episode(ctx), split_note]
+        learner, saved = load_trained(ctx.model_path)
+        sampler = split_sampler(ctx.data_dir, "test", saved["data_info"], torch.device("cpu"))
+        return [
+            curves,
+            self._episode(ctx, learner, sampler),
+            split_note,
+            *generated_weights(ctx, learner, sampler),
+            *task_code_map(ctx, learner, sampler, manifest),
+            *inner_steps_curve(ctx, learner, sampler),
+        ]
 
     @staticmethod
-    def _episode(ctx: StageContext) -> Path:
+    def _episode(ctx: StageContext, learner: FewShotLearner, sampler: EpisodeSampler) -> Path:
         """The first test episode of the first evaluated setting, as the model answers it."""
         exp = ctx.experiment
         cfg: FewShotEval = exp.eval
-        learner, saved = load_trained(ctx.model_path)
-        sampler = split_sampler(ctx.data_dir, "test", saved["data_info"], torch.device("cpu"))
-        first = cfg.settings[0]
-        setting = EpisodeSetting(first.n_way, first.k_shot, min(cfg.query, 5))
+        setting, _ = first_setting(cfg)
         index = sampler.fixed_episodes(setting, cfg.episodes, cfg.seed).chunks(1)[0]
         episodes = sampler.gather(setting, index)
         logits = episode_logits(learner, episodes, cfg.batchnorm)
@@ -92,6 +111,130 @@ class FewShotPlotter(Plotter):
     def _curves(histories: dict[str, list[dict]], path: Path, title: str) -> Path:
         panels = {"loss": ["train_loss"], "accuracy": ["train_accuracy", "val_accuracy"]}
         return save_curves(histories, panels, path, title, x_key="iteration")
+
+
+def first_setting(cfg: FewShotEval) -> tuple[EpisodeSetting, str]:
+    """The first evaluated setting, its queries capped at 5 (figures need few), and its words."""
+    first = cfg.settings[0]
+    setting = EpisodeSetting(first.n_way, first.k_shot, min(cfg.query, 5))
+    return setting, f"{first.n_way}-way {first.k_shot}-shot"
+
+
+def generated_weights(
+    ctx: StageContext, learner: FewShotLearner, sampler: EpisodeSampler
+) -> list[Path]:
+    """The head rows and conv kernel the learner generates for the first two test episodes
+    of the first setting, side by side; nothing for a learner that generates neither."""
+    exp = ctx.experiment
+    cfg: FewShotEval = exp.eval
+    setting, words = first_setting(cfg)
+    index = sampler.fixed_episodes(setting, cfg.episodes, cfg.seed).chunks(2)[0]
+    episodes = sampler.gather(setting, index)
+    with learner.meta_test(cfg.batchnorm), torch.no_grad():
+        head = learner.generated_head(episodes)
+        filters = learner.generated_filters(episodes)
+    paths = []
+    tasks = [f"test task {task}" for task in range(len(index))]
+    if head is not None:
+        paths.append(
+            save_head_rows(
+                dict(zip(tasks, head, strict=True)),
+                ctx.plots_dir / "generated_head.png",
+                f"{exp.name}: generated head weights per class, two {words} test tasks",
+            )
+        )
+    if filters is not None:
+        paths.append(
+            save_filters(
+                dict(zip(tasks, filters, strict=True)),
+                ctx.plots_dir / "generated_filters.png",
+                f"{exp.name}: generated conv kernel, two {words} test tasks",
+            )
+        )
+    return paths
+
+
+def episode_alphabets(
+    data_dir: Path, manifest: dict[str, Any], index: EpisodeIndex
+) -> tuple[list[str], int]:
+    """Each episode's majority alphabet (ties: the one its earliest class belongs to), and
+    how many episodes draw all their classes from one alphabet. "unknown" throughout
+    when the prepared split does not record its classes' characters."""
+    characters = load_split(data_dir, "test").get("character")
+    if characters is None or "characters" not in manifest:
+        return ["unknown"] * len(index), 0
+    alphabet = [manifest["characters"][c].split("/")[0] for c in characters.tolist()]
+    majority, pure = [], 0
+    for classes in index.classes.tolist():
+        counts = Counter(alphabet[c] for c in classes)
+        majority.append(counts.most_common(1)[0][0])
+        pure += len(counts) == 1
+    return majority, pure
+
+
+def task_code_map(
+    ctx: StageContext, learner: FewShotLearner, sampler: EpisodeSampler, manifest: dict[str, Any]
+) -> list[Path]:
+    """The task codes of the first setting's fixed test episodes, projected on their two
+    principal components, coloured by alphabet; nothing for a learner without codes."""
+    exp = ctx.experiment
+    cfg: FewShotEval = exp.eval
+    setting, words = first_setting(cfg)
+    index = sampler.fixed_episodes(setting, cfg.episodes, cfg.seed)
+    codes = []
+    with learner.meta_test(cfg.batchnorm), torch.no_grad():
+        for part in index.chunks(cfg.meta_batch):
+            code = learner.task_codes(sampler.gather(setting, part))
+            if code is None:
+                return []
+            codes.append(code.float())
+    stacked = torch.cat(codes)
+    centred = stacked - stacked.mean(0)
+    _, singular, right = torch.linalg.svd(centred, full_matrices=False)
+    points = centred @ right[:2].T
+    explained = singular[:2].pow(2) / singular.pow(2).sum().clamp_min(1e-12)
+    alphabets, pure = episode_alphabets(ctx.data_dir, manifest, index)
+    caption = (
+        f"{len(index)} fixed {words} test episodes (seed {cfg.seed}); the components explain "
+        f"{100 * explained[0]:.0f}% and {100 * explained[1]:.0f}% of the codes' variance. "
+        f"An episode's classes may come from several alphabets: each is coloured by the "
+        f"alphabet most of its classes come from (ties: its first class's); {pure} of "
+        f"{len(index)} draw all their classes from one alphabet."
+    )
+    return [
+        save_scatter(
+            points,
+            alphabets,
+            ctx.plots_dir / "task_codes.png",
+            f"{exp.name}: task codes of test episodes (PCA), by alphabet",
+            caption,
+        )
+    ]
+
+
+def inner_steps_curve(
+    ctx: StageContext, learner: FewShotLearner, sampler: EpisodeSampler
+) -> list[Path]:
+    """Accuracy against the number of inner steps on the first setting's fixed test
+    episodes, the counts `eval.inner_steps_sweep` lists (the evaluate stage's numbers)."""
+    exp = ctx.experiment
+    cfg: FewShotEval = exp.eval
+    if not cfg.inner_steps_sweep:
+        return []
+    setting, sweep = inner_steps_accuracies(learner, sampler, cfg, amp=False)
+    rows = []
+    for steps, accuracies in sorted(sweep.items()):
+        mean, half = mean_interval(accuracies, 0.95)
+        rows.append({"inner_steps": steps, "accuracy": mean, "accuracy_ci95": half})
+    return [
+        save_curves(
+            {exp.name: rows},
+            {f"{setting.name} test accuracy ({cfg.batchnorm} batch norm)": ["accuracy"]},
+            ctx.plots_dir / "inner_steps.png",
+            f"{exp.name}: accuracy against inner steps ({cfg.episodes} fixed episodes)",
+            x_key="inner_steps",
+        )
+    ]
 
 
 register(FewShotPlotter())

@@ -39,6 +39,9 @@ LEARNERS = {
     "hyperproto": ("hyperproto", {"residual": True}),
     "hypermaml (3 steps)": ("hypermaml", {"inner_steps": 3}),
     "hypermaml learned (3 steps)": ("hypermaml", {"inner_steps": 3, "update": "learned"}),
+    # from images through its frozen Conv-4; the pipeline meta-trains it on features
+    # encoded once, which costs far less per iteration
+    "leo (5 + 5 steps)": ("leo", {}),
 }
 BASELINE = "protonet"
 

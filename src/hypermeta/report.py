@@ -119,6 +119,11 @@ def batchnorm_note(record: dict[str, Any]) -> str:
     return "; ".join(parts) + "."
 
 
+def ways_note(record: dict[str, Any]) -> str:
+    """How many ways a few-shot learner's classifier takes, in words; "" for others."""
+    return f"Ways: {record['classifier_ways']}." if "classifier_ways" in record else ""
+
+
 def read_metrics(experiment: str) -> dict[str, Any]:
     path = METRICS / experiment / "metrics.json"
     if not path.exists():
@@ -453,7 +458,8 @@ def write_report(params: Params, staging: Path, records: dict[str, PaperRecord])
         rows = result_rows(metrics, params.references.get(exp.name, []), exp.dataset)
         header = ["metric", "ours", "paper"]
         title = f"{exp.name}: {exp.method} on {exp.dataset}"
-        note = " ".join(filter(None, [f"Data: {data[exp.name]}.", batchnorm_note(metrics)]))
+        notes = [f"Data: {data[exp.name]}.", batchnorm_note(metrics), ways_note(metrics)]
+        note = " ".join(filter(None, notes))
         md += [f"## {title}", "", note, "", _markdown_table(header, rows), ""]
         body += [
             f"<h2>{html.escape(title)}</h2><p>{html.escape(note)}</p>",

@@ -113,6 +113,7 @@ def test_protonet_learns_omniglot_small_five_way_one_shot(tmp_path, data_dir):
     assert [row["iteration"] for row in history] == [50, 100]
     metrics = engine.evaluate(ctx)
     assert metrics["meta_test_batchnorm"] == "running_stats"  # the unsuffixed metrics' regime
+    assert metrics["classifier_ways"] == "any number (no fixed-size head)"  # the report says so
     # chance is 20%; a broken pipeline or prototype rule stays near it
     assert metrics["accuracy_5way_1shot"] >= 0.75, metrics
     assert 0 < metrics["accuracy_5way_1shot_ci95"] < 0.05

@@ -161,7 +161,8 @@ def test_report_names_the_batch_norm_regime_of_every_few_shot_number(tmp_path, m
     monkeypatch.chdir(tmp_path)
     metrics = {"meta_test_batchnorm": "per_query", "accuracy_5way_1shot": 0.9,
                "accuracy_5way_1shot_ci95": 0.01, "accuracy_5way_1shot_transductive": 0.96,
-               "accuracy_5way_1shot_transductive_ci95": 0.01}  # fmt: skip
+               "accuracy_5way_1shot_transductive_ci95": 0.01,
+               "classifier_ways": "at most 5 (a fixed-size head)"}  # fmt: skip
     write_json(Path("metrics/fsl/metrics.json"), metrics)
     page = (build_report(load(tmp_path, params), Path("reports")) / "report.md").read_text()
     summary = page.split("## Ours beside the papers")[1].split("##")[0]
@@ -174,8 +175,8 @@ def test_report_names_the_batch_norm_regime_of_every_few_shot_number(tmp_path, m
     section = page.split("## fsl: reptile on omniglot")[1]
     assert (
         f"Data: {data}. Batch norm at meta-test: per_query ({BATCHNORM_REGIMES['per_query']}); "
-        f"metrics ending _transductive: transductive ({BATCHNORM_REGIMES['transductive']})."
-        in section
+        f"metrics ending _transductive: transductive ({BATCHNORM_REGIMES['transductive']}). "
+        "Ways: at most 5 (a fixed-size head)." in section
     )
 
 

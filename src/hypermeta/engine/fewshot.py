@@ -371,6 +371,11 @@ class FewShotEngine(Engine):
             "test_episodes": cfg.episodes,
             "test_classes": sampler.num_classes,
             "params_total": sum(p.numel() for p in learner.parameters()),
+            "classifier_ways": (
+                "any number (no fixed-size head)"
+                if learner.max_way is None
+                else f"at most {learner.max_way} (a fixed-size head; larger settings are skipped)"
+            ),
         }
         features = {
             mode: encoded_split(learner, sampler, mode, exp.train.amp) for mode, _ in cfg.regimes()

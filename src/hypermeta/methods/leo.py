@@ -43,7 +43,8 @@ from hypermeta.nn.conv4 import Conv4
 
 
 class LEOConfig(StrictModel):
-    """Defaults: the reference implementation's (deepmind/leo, config.py)."""
+    """Defaults: the reference implementation's (deepmind/leo, config.py), as recalled:
+    no copy of it was at hand to check them against."""
 
     hidden: int = Field(64, gt=0, description="Conv-4 filters of the pre-trained encoder")
     latent: int = Field(64, gt=0, description="latent code size per class")

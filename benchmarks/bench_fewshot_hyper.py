@@ -19,14 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import torch
+from meta_timing import interleaved_times, make_episodes, memory_in_subprocesses, peak_memory
 
 # name: (registered method, its model section beyond the Conv-4 width). The width's
 # field name differs by method, so `model_section` adds it.
@@ -52,21 +49,6 @@ def model_section(method: str, extra: dict, width: int) -> dict:
     return {key: width, **extra}
 
 
-def make_episodes(meta_batch: int, n_way: int, k_shot: int, n_query: int, device):
-    from hypermeta.data.episodes import Episodes
-
-    g = torch.Generator().manual_seed(0)
-
-    def images(per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.rand(meta_batch, n_way * per_class, 1, 28, 28, generator=g)
-        y = torch.arange(n_way).repeat_interleave(per_class).repeat(meta_batch, 1)
-        return x, y
-
-    support_x, support_y = images(k_shot)
-    query_x, query_y = images(n_query)
-    return Episodes(support_x, support_y, query_x, query_y, n_way).to(device)
-
-
 def make_step(name: str, args: argparse.Namespace, device: torch.device):
     """A zero-argument meta-iteration of learner `name` (fresh, seeded weights)."""
     from hypermeta.config import validate_section
@@ -88,36 +70,6 @@ def make_step(name: str, args: argparse.Namespace, device: torch.device):
     return step
 
 
-def peak_memory(name: str, args: argparse.Namespace) -> float:
-    """MB one meta-iteration needs; run in a fresh subprocess, as RSS peaks never fall."""
-    device = torch.device(args.device)
-    torch.set_num_threads(args.threads)
-    step = make_step(name, args, device)
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    step()
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
-
-
-def interleaved_times(names: list[str], args: argparse.Namespace) -> dict[str, list[float]]:
-    """Seconds per meta-iteration, the learners taking turns round after round."""
-    device = torch.device(args.device)
-    torch.set_num_threads(args.threads)
-    steps = {name: make_step(name, args, device) for name in names}
-    for step in steps.values():
-        step()  # warm-up: allocator, kernels
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for _ in range(args.iterations):
-        for name, step in steps.items():
-            began = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - began)
-    return times
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 timed rounds, not 5")
@@ -132,18 +84,14 @@ def main() -> None:
     if args.iterations is None:
         args.iterations = 2 if args.quick else 5
     if args.memory_of:
-        print(json.dumps({"peak_memory_mb": peak_memory(args.memory_of, args)}))
+        print(json.dumps({"peak_memory_mb": peak_memory(make_step, args.memory_of, args)}))
         return
 
     names = args.only or list(LEARNERS)
-    memory = {}
-    for name in names:
-        command = [sys.executable, __file__, "--memory-of", name, "--device", args.device]
-        command += ["--meta-batch", str(args.meta_batch), "--width", str(args.width)]
-        command += ["--threads", str(args.threads)]
-        done = subprocess.run(command, capture_output=True, text=True, check=True)
-        memory[name] = json.loads(done.stdout.strip().splitlines()[-1])["peak_memory_mb"]
-    times = interleaved_times(names, args)
+    settings = ["--device", args.device, "--meta-batch", str(args.meta_batch)]
+    settings += ["--width", str(args.width), "--threads", str(args.threads)]
+    memory = memory_in_subprocesses(__file__, names, settings)
+    times = interleaved_times(make_step, names, args)
 
     rows = [
         {

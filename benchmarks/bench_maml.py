@@ -22,14 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import torch
+from meta_timing import interleaved_times, make_episodes, memory_in_subprocesses, peak_memory
 
 # name: (vectorize, task_chunk, task_workers) of our learner (task_workers None: one per
 # intra-op thread); "higher" is the reference
@@ -42,21 +39,6 @@ VARIANTS = {
     "higher, 1 thread": None,
 }
 HIGHER = ("higher", "higher, 1 thread")
-
-
-def make_episodes(meta_batch: int, n_way: int, k_shot: int, n_query: int, device):
-    from hypermeta.data.episodes import Episodes
-
-    g = torch.Generator().manual_seed(0)
-
-    def images(per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.rand(meta_batch, n_way * per_class, 1, 28, 28, generator=g)
-        y = torch.arange(n_way).repeat_interleave(per_class).repeat(meta_batch, 1)
-        return x, y
-
-    support_x, support_y = images(k_shot)
-    query_x, query_y = images(n_query)
-    return Episodes(support_x, support_y, query_x, query_y, n_way).to(device)
 
 
 def higher_step(learner, episodes, optimizer, steps: int, inner_lr: float) -> None:
@@ -117,37 +99,6 @@ def make_step(variant: str, args: argparse.Namespace, device: torch.device):
     return step
 
 
-def peak_memory(variant: str, args: argparse.Namespace) -> float:
-    """MB one meta-iteration needs; run in a fresh subprocess, as RSS peaks never fall."""
-    device = torch.device(args.device)
-    torch.set_num_threads(args.threads)
-    step = make_step(variant, args, device)
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    step()
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
-
-
-def interleaved_times(variants: list[str], args: argparse.Namespace) -> dict[str, list[float]]:
-    """Seconds per meta-iteration, the variants taking turns round after round, so a
-    shared machine's changing load falls on all of them alike."""
-    device = torch.device(args.device)
-    torch.set_num_threads(args.threads)
-    steps = {variant: make_step(variant, args, device) for variant in variants}
-    for step in steps.values():
-        step()  # warm-up: allocator, kernels
-    times: dict[str, list[float]] = {variant: [] for variant in variants}
-    for _ in range(args.iterations):
-        for variant, step in steps.items():
-            began = time.perf_counter()
-            step()
-            times[variant].append(time.perf_counter() - began)
-    return times
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 timed rounds, not 5")
@@ -161,7 +112,7 @@ def main() -> None:
     if args.iterations is None:
         args.iterations = 2 if args.quick else 5
     if args.memory_of:
-        print(json.dumps({"peak_memory_mb": peak_memory(args.memory_of, args)}))
+        print(json.dumps({"peak_memory_mb": peak_memory(make_step, args.memory_of, args)}))
         return
 
     variants = list(VARIANTS)
@@ -170,14 +121,10 @@ def main() -> None:
     except ImportError:
         print("higher is not installed (pip install higher==0.2.1): compared without it")
         variants = [variant for variant in variants if variant not in HIGHER]
-    memory = {}
-    for variant in variants:
-        command = [sys.executable, __file__, "--memory-of", variant, "--device", args.device]
-        command += ["--meta-batch", str(args.meta_batch), "--steps", str(args.steps)]
-        command += ["--threads", str(args.threads)]
-        done = subprocess.run(command, capture_output=True, text=True, check=True)
-        memory[variant] = json.loads(done.stdout.strip().splitlines()[-1])["peak_memory_mb"]
-    times = interleaved_times(variants, args)
+    settings = ["--device", args.device, "--meta-batch", str(args.meta_batch)]
+    settings += ["--steps", str(args.steps), "--threads", str(args.threads)]
+    memory = memory_in_subprocesses(__file__, variants, settings)
+    times = interleaved_times(make_step, variants, args)
 
     rows = [
         {

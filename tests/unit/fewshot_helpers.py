@@ -44,3 +44,32 @@ def stage_context(exp: Experiment, data_dir: Path, out: Path) -> StageContext:
         plots_dir=out / "plots" / exp.name,
         tracker=NullTracker(),
     )
+
+
+def assert_crash_resumes_exactly(
+    engine: Any, straight: StageContext, resumed: StageContext, learner_class: type, patch: Any
+) -> None:
+    """`resumed` trained with a crash at iteration 4 (after the checkpoint of iteration 3),
+    then again, ends with the model and history of `straight`, trained uninterrupted."""
+    import pytest
+    import torch
+    from helpers import untimed
+
+    on_iteration = learner_class.on_iteration
+
+    def crash_at_iteration_4(self, iteration, total):
+        if iteration == 4:
+            raise KeyboardInterrupt
+        on_iteration(self, iteration, total)
+
+    with patch.context() as patched:
+        patched.setattr(learner_class, "on_iteration", crash_at_iteration_4)
+        with pytest.raises(KeyboardInterrupt):
+            engine.train(resumed)
+    assert not resumed.model_path.exists() and resumed.checkpoint_path.exists()
+    engine.train(resumed)
+    final = torch.load(resumed.model_path, weights_only=True)
+    reference = torch.load(straight.model_path, weights_only=True)
+    for key, value in reference["state_dict"].items():
+        assert torch.equal(final["state_dict"][key], value), key
+    assert untimed(final["history"]) == untimed(reference["history"])

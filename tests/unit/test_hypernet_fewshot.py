@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fewshot_helpers import fewshot_experiment, prepared_omniglot_small, stage_context
+from fewshot_helpers import (
+    assert_crash_resumes_exactly,
+    fewshot_experiment,
+    prepared_omniglot_small,
+    stage_context,
+)
 from maml_helpers import IMAGES, build, prototype_episodes
 from tolerance import assert_close_reordered
-from unit.helpers import untimed
 
 from hypermeta.data.episodes import EpisodeIndex, Episodes, EpisodeSampler, EpisodeSetting
 from hypermeta.data.prepare import load_manifest, load_split
@@ -242,22 +246,8 @@ def test_interrupted_training_resumes_exactly(key, tmp_path, data_dir, monkeypat
     straight = stage_context(exp, data_dir, tmp_path / "straight")
     engine.train(straight)
 
-    def crash_at_iteration_4(self, iteration, total):
-        if iteration == 4:
-            raise KeyboardInterrupt
-
     resumed = stage_context(exp, data_dir, tmp_path / "resumed")
-    with monkeypatch.context() as patch:  # a crash after the checkpoint of iteration 3
-        patch.setattr(FewShotLearner, "on_iteration", crash_at_iteration_4)
-        with pytest.raises(KeyboardInterrupt):
-            engine.train(resumed)
-    assert not resumed.model_path.exists() and resumed.checkpoint_path.exists()
-    engine.train(resumed)
-    final = torch.load(resumed.model_path, weights_only=True)
-    reference = torch.load(straight.model_path, weights_only=True)
-    for name, value in reference["state_dict"].items():
-        assert torch.equal(final["state_dict"][name], value), name
-    assert untimed(final["history"]) == untimed(reference["history"])
+    assert_crash_resumes_exactly(engine, straight, resumed, FewShotLearner, monkeypatch)
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from fewshot_helpers import fewshot_experiment, prepared_omniglot_small, stage_context
-from helpers import untimed
+from fewshot_helpers import (
+    assert_crash_resumes_exactly,
+    fewshot_experiment,
+    prepared_omniglot_small,
+    stage_context,
+)
 from test_fewshot_predict import predict_csv, write_folders
 from tolerance import assert_close_reordered
 
@@ -63,25 +67,8 @@ def test_leo_freezes_the_needed_encoder_and_resumes_exactly(project, monkeypatch
     for name, value in pretrained.encoder.state_dict().items():
         assert torch.equal(learner.features.state_dict()[name], value), name
 
-    on_iteration = LEO.on_iteration
-
-    def crash_at_iteration_4(self, iteration, total):
-        if iteration == 4:
-            raise KeyboardInterrupt
-        on_iteration(self, iteration, total)
-
     resumed = leo_context(project, "resumed")
-    with monkeypatch.context() as patch:  # a crash after the checkpoint of iteration 3
-        patch.setattr(LEO, "on_iteration", crash_at_iteration_4)
-        with pytest.raises(KeyboardInterrupt):
-            engine.train(resumed)
-    assert not resumed.model_path.exists() and resumed.checkpoint_path.exists()
-    engine.train(resumed)
-    final = torch.load(resumed.model_path, weights_only=True)
-    reference = torch.load(straight.model_path, weights_only=True)
-    for key, value in reference["state_dict"].items():
-        assert torch.equal(final["state_dict"][key], value), key
-    assert untimed(final["history"]) == untimed(reference["history"])
+    assert_crash_resumes_exactly(engine, straight, resumed, LEO, monkeypatch)
 
 
 def test_a_changed_needed_model_restarts_training(project, monkeypatch):

@@ -8,10 +8,14 @@ import json
 import pytest
 import torch
 from conftest import ROOT
-from fewshot_helpers import fewshot_experiment, prepared_omniglot_small, stage_context
+from fewshot_helpers import (
+    assert_crash_resumes_exactly,
+    fewshot_experiment,
+    prepared_omniglot_small,
+    stage_context,
+)
 from tolerance import assert_close_reordered
 from torch import nn
-from unit.helpers import untimed
 
 from hypermeta.data.episodes import Episodes, EpisodeSampler, EpisodeSetting
 from hypermeta.engine.fewshot import FewShotEngine, check_regimes, episode_accuracies
@@ -183,22 +187,8 @@ def test_interrupted_training_resumes_exactly(tmp_path, data_dir, monkeypatch):
     straight = stage_context(exp, data_dir, tmp_path / "straight")
     engine.train(straight)
 
-    def crash_at_iteration_4(self, iteration, total):
-        if iteration == 4:
-            raise KeyboardInterrupt
-
     resumed = stage_context(exp, data_dir, tmp_path / "resumed")
-    with monkeypatch.context() as patch:  # a crash after the checkpoint of iteration 3
-        patch.setattr(PrototypicalNetwork, "on_iteration", crash_at_iteration_4)
-        with pytest.raises(KeyboardInterrupt):
-            engine.train(resumed)
-    assert not resumed.model_path.exists() and resumed.checkpoint_path.exists()
-    engine.train(resumed)
-    final = torch.load(resumed.model_path, weights_only=True)
-    reference = torch.load(straight.model_path, weights_only=True)
-    for key, value in reference["state_dict"].items():
-        assert torch.equal(final["state_dict"][key], value), key
-    assert untimed(final["history"]) == untimed(reference["history"])
+    assert_crash_resumes_exactly(engine, straight, resumed, PrototypicalNetwork, monkeypatch)
 
 
 def test_every_few_shot_experiment_names_regimes_its_learner_implements():

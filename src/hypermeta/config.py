@@ -46,8 +46,10 @@ class SplitConfig(StrictModel):
 
     seed: int = 0
     val_fraction: float = Field(0.1, gt=0, lt=1)
-    omniglot: Literal["vinyals", "lake"] = Field(
-        "vinyals", description="the full Omniglot's split protocol (see data/omniglot.py)"
+    omniglot: Literal["lake", "vinyals"] = Field(
+        "lake",
+        description="the split of an experiment on the full Omniglot that names none "
+        "(its `split:`; see data/omniglot.py)",
     )
 
 
@@ -74,6 +76,9 @@ class ExperimentEntry(StrictModel):
     # Experiments whose trained models this one's stages read (`StageContext.needed_model`):
     # its train stage runs after theirs and reruns when their models change (dvc.yaml).
     needs: list[str] = []
+    # How its dataset is cut, for a dataset cut in several ways (Omniglot: lake | vinyals);
+    # default `data.split.<dataset>`.
+    split: str | None = None
     model: dict[str, Any] = {}
     train: dict[str, Any] = {}
     eval: dict[str, Any] = {}
@@ -108,6 +113,7 @@ class Experiment:
     method: str
     kind: str
     dataset: str
+    split: str | None  # the protocol its dataset is cut by, where it has several
     group: str | None
     needs: tuple[str, ...]
     model: BaseModel
@@ -119,6 +125,13 @@ class Experiment:
     @property
     def params_hash(self) -> str:
         return params_hash({"profile": self.profile, "experiment": self.section})
+
+    @property
+    def data_name(self) -> str:
+        """Its folder under data/prepared: the dataset as its `split` cuts it."""
+        from hypermeta.data.registry import prepared_name
+
+        return prepared_name(self.dataset, self.split)
 
 
 def params_hash(data: Any) -> str:
@@ -220,8 +233,9 @@ def read_params(path: str | Path = "params.yaml", profile: str | None = None) ->
 
 
 def check_needs(params: Params) -> None:
-    """Every `needs:` names another experiment that runs under every profile, and no
-    experiment needs itself through others (the DAG would have a cycle)."""
+    """Every `needs:` names another experiment that runs under every profile on the same
+    cut of a shared dataset, and no experiment needs itself through others (the DAG would
+    have a cycle)."""
     for name, entry in params.experiments.items():
         for needed in entry.needs:
             if needed not in params.experiments:
@@ -238,6 +252,14 @@ def check_needs(params: Params) -> None:
                         f"params.yaml: experiments.{name}.needs {needed!r}, which cannot run "
                         f"under profile {profile!r} (data.datasets.{profile} lacks its dataset "
                         f"{dataset!r}); add the dataset there or remove {needed!r} from needs."
+                    )
+                mine, theirs = (merged_entry(params, n, profile)[0] for n in (name, needed))
+                if mine["dataset"] == theirs["dataset"] and mine["split"] != theirs["split"]:
+                    raise HypermetaError(
+                        f"params.yaml: experiments.{name}.needs {needed!r}, which under profile "
+                        f"{profile!r} is cut by split {theirs['split']!r}, not {name}'s "
+                        f"{mine['split']!r}: its training classes may hold {name}'s test "
+                        "classes; give both the same `split`."
                     )
 
     def visit(name: str, path: tuple[str, ...]) -> None:
@@ -317,4 +339,28 @@ def merged_entry(
             f"params.yaml: {where} uses dataset {merged['dataset']!r} in profile {profile!r}, "
             f"but data.datasets.{profile} does not list it; add it there."
         )
+    merged["split"] = chosen_split(params, merged, profile, where)
     return merged, override
+
+
+def chosen_split(params: Params, merged: dict[str, Any], profile: str, where: str) -> str | None:
+    """The protocol the experiment's dataset is cut by: its `split:`, else the profile's
+    `data.split.<dataset>`; None for a dataset cut one way only."""
+    from hypermeta.data.registry import DATASETS
+
+    dataset, split = merged["dataset"], merged["split"]
+    protocols = DATASETS[dataset].split_protocols
+    if not protocols:
+        if split is not None:
+            raise HypermetaError(
+                f"params.yaml: {where}.split: dataset {dataset!r} is cut one way only; "
+                "remove `split`."
+            )
+        return None
+    split = split or getattr(split_config(params, profile), dataset)
+    if split not in protocols:
+        raise HypermetaError(
+            f"params.yaml: {where}.split: {split!r} is not a split of {dataset!r}; "
+            f"use one of {list(protocols)}."
+        )
+    return split

@@ -55,14 +55,18 @@ def resolve(params: Params, name: str, profile: str | None = None) -> Experiment
         "eval": section("eval", engine.eval_config),
         "resources": Resources.model_validate(merged["resources"]),
     }
-    # An experiment that needs none hashes as before `needs` existed: its checkpoint resumes.
-    validated = {key: value for key, value in merged.items() if key != "needs" or value}
+    # An experiment that needs none, or whose dataset is cut one way only, hashes as before
+    # `needs` and `split` existed: its checkpoint resumes.
+    validated = {
+        key: value for key, value in merged.items() if key not in ("needs", "split") or value
+    }
     return Experiment(
         name=name,
         profile=profile,
         method=method.name,
         kind=method.kind,
         dataset=merged["dataset"],
+        split=merged["split"],
         group=merged["group"],
         needs=tuple(merged["needs"]),
         **sections,

@@ -247,7 +247,7 @@ def run_in_workspace(
         run_stage("evaluate", [exp.name], workspace, code, env)
         wall = time.perf_counter() - began
         metrics = json.loads((workspace / METRICS / exp.name / "metrics.json").read_text())
-        manifest = json.loads((workspace / PREPARED / exp.dataset / "manifest.json").read_text())
+        manifest = json.loads((workspace / PREPARED / exp.data_name / "manifest.json").read_text())
         record = PaperRecord(
             experiment=exp.name,
             method=exp.method,

@@ -82,6 +82,18 @@ def paper_cell(ref: Reference, dataset: str) -> str:
     return f"{format_value(ref.metric, ref.value)} ({ref.source}{note})"
 
 
+def mixed_data_note(members: list[Experiment]) -> str:
+    """A warning where a group's experiments are cut differently (e.g. the Vinyals and the
+    Lake split of Omniglot): their test episodes differ, so their numbers do not compare."""
+    by_data: dict[str, list[str]] = {}
+    for exp in members:
+        by_data.setdefault(exp.data_name, []).append(exp.name)
+    if len(by_data) < 2:
+        return ""
+    parts = "; ".join(f"{', '.join(names)} on {data}" for data, names in by_data.items())
+    return f"Not one data set: {parts}. Their test episodes differ; compare within one."
+
+
 def data_note(exp: Experiment, manifest: dict[str, Any] | None) -> str:
     """Which data and scale a number comes from: the dataset, its split (from the split
     stage's manifest), any slice the experiment trains on (its `max_*` settings), the profile."""
@@ -509,8 +521,9 @@ def write_report(params: Params, staging: Path, records: dict[str, PaperRecord])
             rows = comparison_rows(
                 engine.compare_columns, {exp.name: results[exp.name] for exp in members}
             )
-            md += [_markdown_table(header, rows), "", engine.compare_note, ""]
-            body += [_html_table(header, rows), f"<p>{html.escape(engine.compare_note)}</p>"]
+            note = " ".join(filter(None, [engine.compare_note, mixed_data_note(members)]))
+            md += [_markdown_table(header, rows), "", note, ""]
+            body += [_html_table(header, rows), f"<p>{html.escape(note)}</p>"]
         for png in paths:
             md += [f"![{group} {png.stem}](figures/{group}/{png.name})", ""]
             body.append(_embedded(png))

@@ -22,7 +22,7 @@ from hypermeta.tracking import Tracker, stage_run
 
 def read_manifest(exp: Experiment) -> dict[str, Any] | None:
     """The split stage's manifest of the experiment's dataset, once it is prepared."""
-    path = PREPARED / exp.dataset / "manifest.json"
+    path = PREPARED / exp.data_name / "manifest.json"
     return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -51,7 +51,7 @@ def stage_context(exp: Experiment, tracker: Tracker) -> StageContext:
     fix_numerics(exp.resources.threads)
     return StageContext(
         experiment=exp,
-        data_dir=PREPARED / exp.dataset,
+        data_dir=PREPARED / exp.data_name,
         model_dir=MODELS / exp.name,
         metrics_dir=METRICS / exp.name,
         plots_dir=PLOTS / exp.name,
@@ -84,9 +84,10 @@ def split() -> None:
         split_settings = split_config(params)
         tracker.log_params(split_settings.model_dump())
         for dataset in params.data.datasets[params.profile]:
-            manifest = prepare(dataset, RAW, PREPARED, split_settings)
-            tracker.log_metrics({f"{dataset}.{k}": v for k, v in manifest["counts"].items()})
-            tracker.log_artifact(PREPARED / dataset / "manifest.json", f"manifests/{dataset}")
+            for folder, manifest in prepare(dataset, RAW, PREPARED, split_settings).items():
+                counts = manifest["counts"]
+                tracker.log_metrics({f"{folder}.{k}": v for k, v in counts.items()})
+                tracker.log_artifact(PREPARED / folder / "manifest.json", f"manifests/{folder}")
 
 
 def train(name: str) -> None:

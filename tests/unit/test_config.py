@@ -107,6 +107,69 @@ def test_data_split_is_overridden_per_profile_and_checked(tmp_path):
         load(tmp_path, changed(data__split={"profiles": {"huge": {}}}))
 
 
+def test_an_experiment_picks_the_cut_of_its_dataset_and_the_folder_it_reads(tmp_path):
+    params = copy.deepcopy(BASE_PARAMS)
+    params["data"]["datasets"] = {"quick": ["omniglot", "mnist"], "paper": ["omniglot", "mnist"]}
+    few_shot_eval = {"batchnorm": "transductive"}
+    params["experiments"] = {
+        "default": {"method": "protonet", "dataset": "omniglot", "eval": few_shot_eval},
+        "papers": {
+            "method": "protonet",
+            "dataset": "omniglot",
+            "eval": few_shot_eval,
+            "split": "vinyals",
+            "profiles": {"quick": {"split": "lake"}},
+        },  # fmt: skip
+        "digits": {"method": "cnn", "dataset": "mnist"},
+    }
+    loaded = load(tmp_path, params)
+    cuts = {
+        (name, profile): (exp.split, exp.data_name)
+        for name in params["experiments"]
+        for profile in ("quick", "paper")
+        for exp in [resolve(loaded, name, profile)]
+    }
+    assert cuts == {
+        ("default", "quick"): ("lake", "omniglot-lake"),  # data.split.omniglot's default
+        ("default", "paper"): ("lake", "omniglot-lake"),
+        ("papers", "quick"): ("lake", "omniglot-lake"),
+        ("papers", "paper"): ("vinyals", "omniglot-vinyals"),
+        ("digits", "quick"): (None, "mnist"),  # cut one way: the dataset's own folder
+        ("digits", "paper"): (None, "mnist"),
+    }
+    from hypermeta.report import mixed_data_note
+
+    on_paper = [resolve(loaded, name, "paper") for name in ("default", "papers")]
+    assert mixed_data_note(on_paper) == (
+        "Not one data set: default on omniglot-lake; papers on omniglot-vinyals. Their test "
+        "episodes differ; compare within one."
+    )
+    assert mixed_data_note([resolve(loaded, name) for name in ("default", "papers")]) == ""
+    # `split` enters the fingerprint only where there is a choice
+    assert "split" not in resolve(loaded, "digits").section
+    params["data"]["split"] = {"omniglot": "vinyals"}
+    assert resolve(load(tmp_path, params), "default").data_name == "omniglot-vinyals"
+    for experiment, split, message in (
+        ("default", "random", r"default\.split: 'random' is not a split of 'omniglot'; use "
+         r"one of \['lake', 'vinyals'\]"),
+        ("digits", "lake", r"digits\.split: dataset 'mnist' is cut one way only; remove"),
+    ):  # fmt: skip
+        params["experiments"][experiment]["split"] = split
+        with pytest.raises(HypermetaError, match=message):
+            load(tmp_path, params)
+        del params["experiments"][experiment]["split"]
+
+
+def test_every_dataset_cut_several_ways_has_a_default_cut():
+    from hypermeta.config import SplitConfig
+    from hypermeta.data.registry import DATASETS
+
+    for spec in DATASETS.values():
+        if spec.split_protocols:
+            field = SplitConfig.model_fields[spec.name]
+            assert set(field.annotation.__args__) == set(spec.split_protocols)
+
+
 def test_unknown_experiment_lists_the_known_ones(tmp_path):
     with pytest.raises(HypermetaError, match=r"unknown experiment 'cnnn'.*\['cnn'\]"):
         resolve(load(tmp_path), "cnnn")

@@ -139,7 +139,9 @@ def test_seeded_holdout_is_deterministic_and_disjoint():
 def test_prepare_writes_uint8_splits_and_a_manifest(tmp_path, mirror):
     raw = tmp_path / "raw" / "fashion_mnist"
     shutil.copytree(mirror / "fashion-mnist", raw)
-    manifest = prepare("fashion_mnist", tmp_path / "raw", tmp_path / "prep", SplitConfig(seed=1))
+    manifests = prepare("fashion_mnist", tmp_path / "raw", tmp_path / "prep", SplitConfig(seed=1))
+    assert list(manifests) == ["fashion_mnist"]  # cut one way: one folder, the dataset's name
+    manifest = manifests["fashion_mnist"]
     assert manifest["counts"] == {"train": 54_000, "val": 6_000, "test": 10_000}
     assert manifest["split"]["seed"] == 1 and manifest["num_classes"] == 10
     train = torch.load(tmp_path / "prep" / "fashion_mnist" / "train.pt")

@@ -73,6 +73,14 @@ CHAIN = {
             {"quick": ["mnist"], "paper": ["mnist", "omniglot"]},
             "needs 'b', which cannot run under profile 'quick'",
         ),
+        (  # a model trained on one cut of Omniglot may have seen the other's test classes
+            {
+                "a": {"method": "protonet", "dataset": "omniglot", "needs": ["b"]},
+                "b": {"method": "protonet", "dataset": "omniglot", "split": "vinyals"},
+            },
+            {"quick": ["omniglot"], "paper": ["omniglot"]},
+            "is cut by split 'vinyals', not a's 'lake'",
+        ),
     ],
 )
 def test_bad_needs_are_one_sentence(tmp_path, experiments, datasets, message):

@@ -130,5 +130,41 @@ def test_lake_split_meta_tests_on_the_evaluation_alphabets_only():
 def test_lake_split_without_the_evaluation_archive_says_what_to_use():
     keys, archives = lake_like_keys()
     background = archives.count("images_background")
-    with pytest.raises(HypermetaError, match="use data.split.omniglot: vinyals instead"):
+    with pytest.raises(HypermetaError, match="use `split: vinyals` for this experiment instead"):
         lake_split(keys[:background], archives[:background], SplitConfig())
+
+
+def test_a_dataset_cut_several_ways_is_decoded_once_and_written_once_per_cut(tmp_path, monkeypatch):
+    import dataclasses
+
+    from hypermeta.data import omniglot
+    from hypermeta.data.prepare import prepare
+    from hypermeta.data.registry import DATASETS
+
+    prepared_omniglot_small(tmp_path)  # its raw files, through the download code
+    spec = dataclasses.replace(DATASETS["omniglot_small"], split_protocols=("one", "other"))
+    monkeypatch.setitem(DATASETS, "omniglot_small", spec)
+    monkeypatch.setattr(
+        omniglot,
+        "PROTOCOLS",
+        {
+            "one": omniglot.alphabet_split,
+            "other": lambda keys, archives, split: omniglot.alphabet_split(
+                keys, archives, split.model_copy(update={"seed": split.seed + 1})
+            ),
+        },
+    )
+    decoded = []
+    read = omniglot.read_characters
+    monkeypatch.setattr(omniglot, "read_characters", lambda paths: decoded.append(1) or read(paths))
+
+    manifests = prepare("omniglot_small", tmp_path / "raw", tmp_path / "cuts", SplitConfig())
+    assert sorted(manifests) == ["omniglot_small-one", "omniglot_small-other"]
+    assert len(decoded) == 1
+    on_disk = {
+        folder: json.loads((tmp_path / "cuts" / folder / "manifest.json").read_text())
+        for folder in manifests
+    }
+    assert on_disk == manifests
+    one, other = (load_split(tmp_path / "cuts" / folder, "test") for folder in sorted(manifests))
+    assert not torch.equal(one["character"], other["character"])  # two different cuts

@@ -5,12 +5,14 @@ meta-training. Each split is stored as `images` (classes, 20 drawings, 1, 28, 28
 shape the episodic sampler indexes — with `character` (index into the manifest's
 `characters`) and `rotation` (degrees) per class.
 
-Protocols (written to the manifest and the report):
-- `omniglot`, `data.split.omniglot: vinyals` (paper): Vinyals et al. (2016): a seeded
+Protocols (written to the manifest and the report), each prepared to its own folder
+(`data/prepared/omniglot-<protocol>`); an experiment picks one with `split:` (default
+`data.split.omniglot`):
+- `omniglot`, `split: vinyals`: Vinyals et al. (2016): a seeded
   shuffle of all 1623 characters, 1200 for meta-training (the last `val_fraction` of them
   carved out for validation), the remaining 423 for meta-test; rotations by 90/180/270°
   are new classes.
-- `omniglot`, `data.split.omniglot: lake` (quick): Lake et al. (2015): the background
+- `omniglot`, `split: lake`: Lake et al. (2015): the background
   set's 30 alphabets for meta-training, the evaluation set's 20 alphabets for meta-test;
   validation takes seeded whole background alphabets until `val_fraction` of the
   background characters, so no evaluation alphabet is seen before meta-test. Same rotations.
@@ -33,7 +35,7 @@ from PIL import Image, UnidentifiedImageError
 
 from hypermeta.config import SplitConfig
 from hypermeta.data.prepare import Prepared, preparer
-from hypermeta.data.registry import DatasetSpec
+from hypermeta.data.registry import DatasetSpec, prepared_name
 from hypermeta.errors import HypermetaError
 
 IMAGE_SIZE = 28
@@ -176,7 +178,7 @@ def lake_split(
     if not all(sets.values()):
         raise HypermetaError(
             f"the Lake split needs both {' and '.join(LAKE_ARCHIVES)}; only "
-            f"{sorted(set(archives))} were read; use data.split.omniglot: vinyals instead."
+            f"{sorted(set(archives))} were read; use `split: vinyals` for this experiment instead."
         )
     background, evaluation = sets.values()
     by_alphabet: dict[str, list[int]] = defaultdict(list)
@@ -207,20 +209,34 @@ def lake_split(
     return chosen, protocol, summary
 
 
-def chosen_protocol(spec: DatasetSpec, split: SplitConfig) -> Protocol:
-    """omniglot_small, a subset of the background set, is always split by alphabet; the
-    full set as `data.split.omniglot` says."""
-    if spec.name == "omniglot_small":
-        return alphabet_split
-    return {"vinyals": vinyals_split, "lake": lake_split}[split.omniglot]
+PROTOCOLS: dict[str, Protocol] = {"lake": lake_split, "vinyals": vinyals_split}
 
 
 @preparer("omniglot")
-def prepare_omniglot(spec: DatasetSpec, raw_dir: Path, split: SplitConfig) -> Prepared:
+def prepare_omniglot(spec: DatasetSpec, raw_dir: Path, split: SplitConfig) -> dict[str, Prepared]:
+    """The full set cut by each of its protocols (decoded once); omniglot_small, a subset
+    of the background set, by alphabet."""
     characters, archive_of = read_characters([raw_dir / f.name for f in spec.files])
     keys = sorted(characters)  # canonical order, so a seed always means the same split
-    split_by = chosen_protocol(spec, split)
-    chosen, protocol, summary = split_by(keys, [archive_of[key] for key in keys], split)
+    archives = [archive_of[key] for key in keys]
+    if not spec.split_protocols:
+        return {spec.name: cut(characters, keys, *alphabet_split(keys, archives, split))}
+    return {
+        prepared_name(spec.name, protocol): cut(
+            characters, keys, *PROTOCOLS[protocol](keys, archives, split)
+        )
+        for protocol in spec.split_protocols
+    }
+
+
+def cut(
+    characters: dict[Key, torch.Tensor],
+    keys: list[Key],
+    chosen: dict[str, list[int]],
+    protocol: str,
+    summary: str,
+) -> Prepared:
+    """The splits `chosen` (split → character indices into `keys`) as tensors."""
     splits, alphabets = {}, {}
     for name, indices in chosen.items():
         indices = sorted(indices)

@@ -1,5 +1,9 @@
 """The split stage: decode raw files once into uint8 tensors, one `<split>.pt` per
-split, plus `manifest.json` (counts, seed, checksums). Nothing decodes in training."""
+split, plus `manifest.json` (counts, seed, checksums). Nothing decodes in training.
+
+A dataset cut in several ways (`DatasetSpec.split_protocols`, e.g. Omniglot's Lake and
+Vinyals splits) is decoded once and written once per protocol, each to its own folder
+(`prepared_name`), so experiments on different protocols share one split stage."""
 
 from __future__ import annotations
 
@@ -25,7 +29,8 @@ class Prepared:
     info: dict[str, Any]
 
 
-Preparer = Callable[[DatasetSpec, Path, SplitConfig], Prepared]
+# One Prepared, or for a dataset with split protocols one per prepared folder name.
+Preparer = Callable[[DatasetSpec, Path, SplitConfig], Prepared | dict[str, Prepared]]
 PREPARERS: dict[str, Preparer] = {}
 # modules that register a preparer for their reader
 READER_MODULES = ("idx", "omniglot", "sine", "text")
@@ -54,7 +59,10 @@ def tensor_md5(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def prepare(dataset: str, raw_root: Path, prepared_root: Path, split: SplitConfig) -> dict:
+def prepare(
+    dataset: str, raw_root: Path, prepared_root: Path, split: SplitConfig
+) -> dict[str, dict]:
+    """Prepare `dataset` from its raw files: prepared folder name → its manifest."""
     for module in READER_MODULES:
         importlib.import_module(f"hypermeta.data.{module}")
     spec = DATASETS[dataset]
@@ -65,21 +73,25 @@ def prepare(dataset: str, raw_root: Path, prepared_root: Path, split: SplitConfi
             f"{raw_dir} lacks {', '.join(missing)}; run the download stage first "
             "(python pipeline/download.py)."
         )
-    prepared = PREPARERS[spec.reader](spec, raw_dir, split)
-    out_dir = prepared_root / dataset
-    for name, tensors in prepared.splits.items():
-        torch_save(out_dir / f"{name}.pt", tensors)
-    manifest = {
-        "dataset": dataset,
-        "description": spec.description,
-        "split": split.model_dump(),
-        "counts": {name: len(next(iter(t.values()))) for name, t in prepared.splits.items()},
-        "raw_md5": {f.name: md5_of(raw_dir / f.name) for f in spec.files},
-        "tensor_md5": {name: tensor_md5(t) for name, t in prepared.splits.items()},
-        **prepared.info,
-    }
-    write_json(out_dir / "manifest.json", manifest)
-    return manifest
+    made = PREPARERS[spec.reader](spec, raw_dir, split)
+    folders = made if isinstance(made, dict) else {dataset: made}
+    raw_md5 = {f.name: md5_of(raw_dir / f.name) for f in spec.files}
+    manifests = {}
+    for folder, prepared in folders.items():
+        out_dir = prepared_root / folder
+        for name, tensors in prepared.splits.items():
+            torch_save(out_dir / f"{name}.pt", tensors)
+        manifests[folder] = {
+            "dataset": dataset,
+            "description": spec.description,
+            "split": split.model_dump(),
+            "counts": {name: len(next(iter(t.values()))) for name, t in prepared.splits.items()},
+            "raw_md5": raw_md5,
+            "tensor_md5": {name: tensor_md5(t) for name, t in prepared.splits.items()},
+            **prepared.info,
+        }
+        write_json(out_dir / "manifest.json", manifests[folder])
+    return manifests
 
 
 def load_manifest(data_dir: Path) -> dict[str, Any]:

@@ -28,6 +28,14 @@ class DatasetSpec:
     reader: str  # how the split stage decodes it (see data/prepare.py)
     files: tuple[RemoteFile, ...]
     description: str
+    # The ways the split stage can cut it, each its own prepared folder (`prepared_name`);
+    # an experiment picks one with `split:`. Empty: one way, chosen by the reader.
+    split_protocols: tuple[str, ...] = ()
+
+
+def prepared_name(dataset: str, protocol: str | None) -> str:
+    """The folder under data/prepared of `dataset` cut by `protocol`."""
+    return f"{dataset}-{protocol}" if protocol else dataset
 
 
 def _idx_files(bases: tuple[str, ...], checksums: dict[str, tuple[str, ...]]) -> tuple:
@@ -111,6 +119,7 @@ DATASETS: dict[str, DatasetSpec] = {
         mirror_dir="omniglot",
         reader="omniglot",
         description="Omniglot (Lake et al. 2015), 1623 characters x 20 drawings, 50 alphabets",
+        split_protocols=("lake", "vinyals"),
         files=tuple(
             RemoteFile(
                 name=f"{name}.zip",

@@ -21,6 +21,7 @@ from hypermeta.dag import (
     dvc_stages,
     is_directory,
     load_lock,
+    make_needs_folders,
     mark_finished_command,
     params_file,
     snakemake_inputs,
@@ -40,6 +41,7 @@ if DRY_RUN:
     check_needs_file(PARAMS)
 else:
     write_needs(PARAMS)
+    make_needs_folders(PARAMS)
 # dvc.yaml's `sources` stage runs here, as the DAG is built, not as a job: Snakemake reruns
 # every job downstream of a job it reruns, whereas a fingerprint file changes (and so
 # reruns its stages) only when a file that its stages run does. Committed at once (0.6 s):

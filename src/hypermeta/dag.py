@@ -14,14 +14,16 @@ Keeping them in step both ways:
   real run reads: each file that would change is written under DRY_RUN_DIR instead, and
   Snakemake plans with that copy.
 
-Experiment-to-experiment dependencies (`needs:` in params.yaml) reach DVC through
-needs.yaml, which this module writes from params.yaml (`python -m hypermeta.dag needs`; the
-Snakefile does it as it builds its DAG). DVC cannot give the stages of one `foreach` a
-varying number of dependencies (treeverse/dvc#7151), so the file adds to each
-experiment one path, `inputs`, that its train stage depends on: `needs/<experiment>`, a
-folder holding one small file per needed experiment, written by a `needs` stage that
-depends on that experiment's model.pt; for an experiment that needs none, the prepared
-data it depends on anyway.
+Experiment-to-experiment dependencies (`needs:` in params.yaml): every experiment's train
+stage depends on its folder `needs/<experiment>`, which holds one small file per needed
+experiment, written by a `needs` stage that depends on that experiment's model.pt; the
+folder of an experiment that needs none stays empty. DVC cannot give the stages of one
+`foreach` a varying number of dependencies (treeverse/dvc#7151), so the edges reach DVC
+through needs.yaml, which this module writes from params.yaml (`python -m hypermeta.dag
+needs`). Adding an experiment that needs none asks nothing more; after adding or editing a
+`needs:`, DVC's first run finds needs.yaml behind (the `sources` stage depends on the
+experiments), rewrites it and stops, asking for `dvc repro` again; the Snakefile rewrites it
+as it builds its DAG.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ import yaml
 from hypermeta.atomic import write_json, write_text
 from hypermeta.config import Params
 from hypermeta.errors import HypermetaError
-from hypermeta.paths import MODELS, NEEDS, PREPARED
+from hypermeta.paths import MODELS, NEEDS
 
 PARAMS_DIR = Path(".snakemake/hypermeta-params")
 DRY_RUN_DIR = Path(".snakemake/hypermeta-dry-run")
@@ -91,18 +93,13 @@ def dvc_stages(root: Path = Path(".")) -> list[Stage]:
 
 
 def needs_vars(params: Params) -> dict[str, Any]:
-    """What needs.yaml holds (module docstring): each experiment's `inputs` path, merged by
-    DVC into its params.yaml entry, and the `needs` edges, one stage each."""
-    experiments = {
-        name: {"inputs": str(NEEDS / name) if entry.needs else str(PREPARED)}
-        for name, entry in params.experiments.items()
-    }
+    """What needs.yaml holds: the `needs` edges, one DVC stage each."""
     edges = {
         f"{name}+{needed}": {"experiment": name, "needed": needed}
         for name, entry in params.experiments.items()
         for needed in entry.needs
     }
-    return {"experiments": experiments, "needs": edges}
+    return {"needs": edges}
 
 
 def needs_text(params: Params) -> str:
@@ -131,6 +128,25 @@ def check_needs_file(params: Params, root: Path = Path(".")) -> None:
         raise HypermetaError(
             f"{path} does not match the needs of params.yaml's experiments; run "
             "`python -m hypermeta.dag needs` (the Snakefile does it for you)."
+        )
+
+
+def make_needs_folders(params: Params, root: Path = Path(".")) -> None:
+    """Each experiment's needs folder, which its train stage depends on (empty if it needs
+    none), so DVC can hash it."""
+    for name in params.experiments:
+        (root / NEEDS / name).mkdir(parents=True, exist_ok=True)
+
+
+def prepare_needs(params: Params, root: Path = Path(".")) -> None:
+    """The `sources` stage's part in `needs:`: each experiment's needs folder made (its train
+    stage depends on it, empty where it needs none), and one sentence where needs.yaml,
+    which DVC planned this run from, was behind params.yaml (rewritten now)."""
+    make_needs_folders(params, root)
+    if write_needs(params, root):
+        raise HypermetaError(
+            f"{root / NEEDS_FILE} was behind the needs of params.yaml's experiments, and DVC "
+            "planned this run from it; it is rewritten now: run `dvc repro` again."
         )
 
 
@@ -173,6 +189,8 @@ def snakemake_inputs(stage: Stage, stages: list[Stage]) -> list[str]:
             for out in other.outs
             if out == dep or out.startswith(dep.rstrip("/") + "/")
         ]
+        if not inside and dep.startswith(f"{NEEDS}/"):
+            continue  # an experiment that needs none: nothing to wait for
         if not inside and Path(dep).is_dir():
             inside = source_files(Path(dep))
         inputs.extend(inside or [dep])

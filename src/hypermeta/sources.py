@@ -165,5 +165,13 @@ def write_fingerprints(root: Path = Path("."), instead: Path | None = None) -> d
 
 
 if __name__ == "__main__":
+    from hypermeta.config import read_params
+    from hypermeta.dag import prepare_needs
+    from hypermeta.errors import HypermetaError
+
+    try:  # DVC's `sources` stage also readies what `needs:` asks of the DAG (hypermeta.dag)
+        prepare_needs(read_params())
+    except HypermetaError as exc:
+        raise SystemExit(f"[hypermeta] {exc}") from None
     changed = write_fingerprints()
     print(f"[hypermeta] sources: {len(changed)} fingerprints changed")

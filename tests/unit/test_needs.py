@@ -148,12 +148,41 @@ def test_dvc_trains_the_needed_models_first_and_depends_on_them(chain_project, m
     assert "needs/top" in stages["train@top"].deps
     assert stages["needs@top+base"].deps == ["models/base/model.pt"]
     assert stages["needs@top+base"].experiment is None
-    assert stages["train@alone"].deps.count("data/prepared") == 2  # no extra dependency
+    assert "needs/alone" in stages["train@alone"].deps  # empty: it needs none
     # Snakemake's rule inputs: the edge files, so its jobs run in the same order
     inputs = snakemake_inputs(stages["train@top"], list(stages.values()))
     assert {"needs/top/middle.json", "needs/top/base.json"} <= set(inputs)
     alone = snakemake_inputs(stages["train@alone"], list(stages.values()))
     assert not any(path.startswith("needs/") for path in alone)
+
+
+def test_an_experiment_that_needs_none_needs_no_rewritten_needs_file(
+    chain_project, tmp_path, monkeypatch
+):
+    """DVC plans a new experiment's stages from params.yaml alone; one with a new `needs:`
+    is caught by the `sources` stage, which rewrites needs.yaml and asks for a rerun."""
+    from dvc.repo import Repo
+
+    from hypermeta.dag import prepare_needs
+
+    project = tmp_path / "project"
+    shutil.copytree(chain_project, project)
+    monkeypatch.chdir(project)
+    added = {**CHAIN, "extra": {"method": "cnn", "dataset": "mnist"}}
+    params = read_params(write(project, params_with(added)))
+    with Repo(".") as repo:
+        assert "train@extra" in {stage.addressing for stage in repo.index.stages}
+    prepare_needs(params, project)  # needs.yaml current: only the folders are made
+    assert (project / "needs/extra").is_dir() and not any((project / "needs/extra").iterdir())
+
+    added["extra"]["needs"] = ["base"]
+    params = read_params(write(project, params_with(added)))
+    with pytest.raises(HypermetaError, match="rewritten now: run `dvc repro` again"):
+        prepare_needs(params, project)
+    check_needs_file(params, project)
+    prepare_needs(params, project)
+    with Repo(".") as repo:
+        assert "needs@extra+base" in {stage.addressing for stage in repo.index.stages}
 
 
 def test_needs_file_must_match_params(tmp_path):

@@ -13,6 +13,11 @@ loss after adaptation plus the paper's penalties (eq. 10): β KL(q(z | support) 
 γ ‖stop-gradient(z′) − z‖² (the encoder penalty), λ₁ ‖encoder, relation, decoder
 weights‖² and λ₂ ‖C_d − I‖², C_d the correlation of the decoder's latent directions.
 
+Checked against the reference (google-deepmind/leo, model.py): the same losses, scales
+and clipping, but for two choices of form: a spread is the softplus of the network's
+output, not exp(s) − 1 floored at 1e-10, and the KL is computed in closed form, not
+estimated from the one sample drawn.
+
 Randomness (feature dropout, the sampled codes and weights) is drawn from a generator
 seeded by the meta-iteration (`on_iteration`), so a resumed run repeats an uninterrupted
 one exactly; at meta-test the codes and weights are their means.
@@ -43,8 +48,8 @@ from hypermeta.nn.conv4 import Conv4
 
 
 class LEOConfig(StrictModel):
-    """Defaults: the reference implementation's (deepmind/leo, config.py), as recalled:
-    no copy of it was at hand to check them against."""
+    """Defaults: the reference implementation's flags (google-deepmind/leo, config.py);
+    its README's tuned values per benchmark are set in params.yaml."""
 
     hidden: int = Field(64, gt=0, description="Conv-4 filters of the pre-trained encoder")
     latent: int = Field(64, gt=0, description="latent code size per class")
@@ -52,11 +57,11 @@ class LEOConfig(StrictModel):
     finetune_steps: int = Field(5, ge=0, description="weight-space fine-tuning steps")
     inner_lr: float = Field(1.0, gt=0, description="initial latent step size (learned)")
     finetune_lr: float = Field(0.001, gt=0, description="initial fine-tuning step (learned)")
-    dropout: float = Field(0.3, ge=0, lt=1, description="on the features, in meta-training")
-    kl_weight: float = Field(0.001, ge=0, description="β")
-    encoder_penalty: float = Field(1e-9, ge=0, description="γ on ‖stop-grad(z′) − z‖²")
-    l2_weight: float = Field(0.0001, ge=0, description="λ₁ on encoder/relation/decoder weights")
-    orthogonality_weight: float = Field(303.0, ge=0, description="λ₂ on the decoder")
+    dropout: float = Field(0.5, ge=0, lt=1, description="on the features, in meta-training")
+    kl_weight: float = Field(0.001, ge=0, description="β, on the KL averaged per dimension")
+    encoder_penalty: float = Field(1e-9, ge=0, description="γ on ‖stop-grad(z′) − z‖² (mean)")
+    l2_weight: float = Field(1e-8, ge=0, description="λ₁ on ½‖encoder, relation, decoder weights‖²")
+    orthogonality_weight: float = Field(0.001, ge=0, description="λ₂ on the decoder")
     gradient_clip: float | None = Field(
         0.1, gt=0, description="clip meta-gradients by value and by norm (None: not)"
     )
@@ -100,9 +105,11 @@ class LatentDecoder(WeightGenerator):
 
 
 def kl_to_prior(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Mean over codes of KL(N(mean, std²) ‖ N(0, I)), summed over latent dimensions."""
+    """KL(N(mean, std²) ‖ N(0, 1)) averaged over codes and latent dimensions: the
+    reference's scale (its sampled estimate is a mean over every element), which its
+    tuned β assumes."""
     kl = 0.5 * (mean.pow(2) + std.pow(2) - 1) - std.log()
-    return kl.sum(-1).mean()
+    return kl.mean()
 
 
 def orthogonality(weight: torch.Tensor) -> torch.Tensor:
@@ -115,14 +122,17 @@ def orthogonality(weight: torch.Tensor) -> torch.Tensor:
 
 
 def squared_norm(module: nn.Module) -> torch.Tensor:
-    return sum(p.pow(2).sum() for name, p in module.named_parameters() if "weight" in name)
+    """½ the squared norm of the module's weights, as TensorFlow's l2_regularizer (the
+    reference's λ₁ term)."""
+    return sum(p.pow(2).sum() for name, p in module.named_parameters() if "weight" in name) / 2
 
 
 def support_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of every task's support set, summed over tasks: each task's gradient
-    is its own mean loss's, so a meta-batch adapts together."""
-    per_task = F.cross_entropy(scores.transpose(1, 2), labels, reduction="none").mean(1)
-    return per_task.sum()
+    """Cross-entropy summed over every support example of every task: each task's
+    gradient is its own summed loss's, as the reference's inner steps take (the gradient
+    of its per-example losses), so a meta-batch adapts together at the reference's
+    step sizes."""
+    return F.cross_entropy(scores.transpose(1, 2), labels, reduction="sum")
 
 
 class LEO(FewShotLearner):
@@ -133,13 +143,14 @@ class LEO(FewShotLearner):
         self.config = config
         self.features = features.requires_grad_(False)  # frozen: pre-trained (start_from)
         size, latent = features.embedding_size, config.latent
-        self.encoder = nn.Linear(size, latent)
+        # no biases, as the reference's encoder, relation network and decoder
+        self.encoder = nn.Linear(size, latent, bias=False)
         self.relation = nn.Sequential(
-            nn.Linear(2 * latent, 2 * latent),
+            nn.Linear(2 * latent, 2 * latent, bias=False),
             nn.ReLU(),
-            nn.Linear(2 * latent, 2 * latent),
+            nn.Linear(2 * latent, 2 * latent, bias=False),
             nn.ReLU(),
-            nn.Linear(2 * latent, 2 * latent),
+            nn.Linear(2 * latent, 2 * latent, bias=False),
         )
         self.head = ClassScores(size)
         self.decoder = LatentDecoder(take_parameters(self.head, ["weight"]), latent)

@@ -75,6 +75,9 @@ def meta_test_speed(name: str, args: argparse.Namespace, sampler: EpisodeSampler
         index = sampler.fixed_episodes(setting, args.episodes, seed=0)
         ways = [("per_episode", None)] + ([("cached", features)] if features else [])
         for how, cached in ways:
+            warm_up = index.chunks(1)[0]  # allocator, kernels: not timed
+            episode_accuracies(learner, sampler, setting, warm_up, "running_stats", 25, False,
+                               cached, encode_split=False)  # fmt: skip
             began = time.perf_counter()
             episode_accuracies(learner, sampler, setting, index, "running_stats", 25, False,
                                cached, encode_split=False)  # fmt: skip

@@ -18,6 +18,7 @@ from hypermeta.config import Experiment, Params, Reference
 from hypermeta.engine import get_engine
 from hypermeta.errors import HypermetaError
 from hypermeta.experiments import load_params, resolve
+from hypermeta.methods import get_method
 from hypermeta.methods.fewshot_base import BATCHNORM_REGIMES
 from hypermeta.paths import METRICS, PLOTS, REPORTS, repo_root
 from hypermeta.plots import get_plotter
@@ -134,6 +135,12 @@ def batchnorm_note(record: dict[str, Any]) -> str:
 def ways_note(record: dict[str, Any]) -> str:
     """How many ways a few-shot learner's classifier takes, in words; "" for others."""
     return f"Ways: {record['classifier_ways']}." if "classifier_ways" in record else ""
+
+
+def model_note(exp: Experiment) -> str:
+    """The experiment's method variant in words (MethodSpec.describe); "" when it has none."""
+    describe = get_method(exp.method).describe
+    return describe(exp.model) if describe is not None else ""
 
 
 def read_metrics(experiment: str) -> dict[str, Any]:
@@ -470,7 +477,12 @@ def write_report(params: Params, staging: Path, records: dict[str, PaperRecord])
         rows = result_rows(metrics, params.references.get(exp.name, []), exp.dataset)
         header = ["metric", "ours", "paper"]
         title = f"{exp.name}: {exp.method} on {exp.dataset}"
-        notes = [f"Data: {data[exp.name]}.", batchnorm_note(metrics), ways_note(metrics)]
+        notes = [
+            f"Data: {data[exp.name]}.",
+            model_note(exp),
+            batchnorm_note(metrics),
+            ways_note(metrics),
+        ]
         note = " ".join(filter(None, notes))
         md += [f"## {title}", "", note, "", _markdown_table(header, rows), ""]
         body += [

@@ -26,9 +26,13 @@ from hypermeta.methods.protonet import PrototypicalNetwork
 
 # The methods `predict` is checked with: the reference learner, a gradient learner
 # (MAML, tiny: one inner step), whose answers come from adapting on the support set, and
-# the support-set hypernetworks, whose answers come from weights generated from it.
+# the support-set hypernetworks, whose answers come from weights generated from it, and
+# the other metric learners: Matching Networks (with full context embeddings, whose
+# answers depend on the whole support set) and the Relation Network's relation scores.
 MODELS = {
     "protonet": {"hidden": 16},
+    "matching": {"hidden": 8, "fce": True},
+    "relation": {"hidden": 8},
     "maml": {"n_way": 5, "width": 8, "inner_steps": 1},
     "hypernet_fewshot": {"hidden": 8, "code": 8, "generate_block": True},
     "hyperproto": {"hidden": 8, "code": 8},
@@ -109,6 +113,8 @@ def predict_csv(model_dir, folders, out) -> list[dict[str, str]]:
     ("hypernet_fewshot", "running_stats"),
     ("hyperproto", "transductive"),
     ("hypermaml", "running_stats"),
+    ("matching", "running_stats"),
+    ("relation", "transductive"),
 )
 def test_predict_gives_the_evaluators_answers_on_the_same_episode(trained, tmp_path):
     ctx = trained

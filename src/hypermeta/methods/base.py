@@ -27,3 +27,7 @@ class MethodSpec:
     # What the built module takes, before training, from the trained models of the
     # experiments its experiment `needs` ({name: trained module}); e.g. LEO's frozen encoder.
     start_from: Callable[[nn.Module, dict[str, nn.Module]], None] | None = None
+    # A sentence the report prints with each of the method's experiments, from its model
+    # section (the validated config): which variant ran, when that changes how to read
+    # the numbers (Matching Networks with or without full context embeddings).
+    describe: Callable[[Any], str] | None = None

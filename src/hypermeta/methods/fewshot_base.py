@@ -111,6 +111,10 @@ class FewShotLearner(nn.Module, ABC):
     def on_iteration(self, iteration: int, total: int) -> None:
         """Called before meta-iteration `iteration` (0-based) of `total`; a no-op by default."""
 
+    def before_update(self) -> None:
+        """Called by `meta_step` between the backward pass and the optimizer step
+        (gradient clipping); a no-op by default."""
+
     def test_logits(self, episodes: Episodes) -> torch.Tensor:
         """Detached query logits at meta-test. Autograd stays on so gradient-based learners
         can adapt; learners that never differentiate at test override this with no_grad."""
@@ -156,6 +160,7 @@ class FewShotLearner(nn.Module, ABC):
         loss, logits = self.loss(episodes)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.before_update()
         optimizer.step()
         accuracy = (logits.argmax(-1) == episodes.query_y).float().mean()
         return {"loss": loss.item(), "accuracy": accuracy.item()}

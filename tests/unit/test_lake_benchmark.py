@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import pytest
 import torch
+import yaml
+from conftest import ROOT
 from fewshot_helpers import fewshot_experiment, prepared_omniglot_small, stage_context
 
+from hypermeta.config import Reference, load_raw, read_params
 from hypermeta.data.episodes import Episodes
 from hypermeta.data.one_shot import LAKE_WAYS, class_alphabets, within_alphabet_runs
 from hypermeta.data.prepare import load_manifest, load_split
 from hypermeta.engine.classification import load_trained
 from hypermeta.engine.fewshot import FewShotEngine
 from hypermeta.errors import HypermetaError
+from hypermeta.report import comparison_rows
 from hypermeta.stats import mean_interval
 
 # A meta-test split as the split stage stores it: every character at 4 rotations, each
@@ -106,3 +110,27 @@ def test_the_evaluators_lake_error_is_the_runs_error_computed_directly(tmp_path,
     assert metrics["lake_trials"] == 4 * LAKE_WAYS
     assert metrics["lake_within_alphabet_error"] == pytest.approx(error, abs=1e-6)
     assert metrics["lake_within_alphabet_error_ci95"] == pytest.approx(half, abs=1e-6)
+
+
+def test_the_report_prints_a_groups_published_anchors_beside_ours_as_error_rates():
+    columns = FewShotEngine.compare_columns
+    ours = {"siamese_omniglot": {"lake_within_alphabet_error": 0.25, **{
+        "lake_within_alphabet_error_ci95": 0.05}}}  # fmt: skip
+    anchor = Reference(metric="lake_within_alphabet_error", value=0.045, dataset="omniglot",
+                       source="people (Lake et al. 2015, Fig. 6A)")  # fmt: skip
+    unrelated = Reference(metric="test_bpc", value=1.3, dataset="ptb_char", source="x, Table 1")
+    rows = comparison_rows(columns, ours, [anchor, unrelated])
+    lake = list(columns.values()).index("lake_within_alphabet_error") + 1
+    assert rows[0][0] == "siamese_omniglot" and rows[0][lake] == "25.00% ± 5.00%"
+    assert rows[1][0] == "published: people (Lake et al. 2015, Fig. 6A)"
+    assert rows[1][lake] == "4.50%" and set(rows[1][1:lake]) == {""}
+    assert len(rows) == 2  # a reference to no column of the table is not a row
+
+
+def test_references_may_name_a_report_group_but_not_an_unknown_name(tmp_path):
+    assert "fewshot_omniglot" in read_params(ROOT / "params.yaml").references
+    params = load_raw(ROOT / "params.yaml")
+    params["references"]["no_such_group"] = params["references"]["fewshot_omniglot"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(HypermetaError, match="references.no_such_group names no experiment"):
+        read_params(tmp_path / "params.yaml")

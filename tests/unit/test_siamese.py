@@ -8,7 +8,12 @@ import json
 
 import pytest
 import torch
-from fewshot_helpers import fewshot_experiment, prepared_omniglot_small, stage_context
+from fewshot_helpers import (
+    assert_crash_resumes_exactly,
+    fewshot_experiment,
+    prepared_omniglot_small,
+    stage_context,
+)
 
 from hypermeta.data.episodes import Episodes, EpisodeSampler, EpisodeSetting, seeded_generator
 from hypermeta.engine.fewshot import FewShotEngine
@@ -161,3 +166,21 @@ def test_siamese_learns_omniglot_small_five_way_one_shot(tmp_path, data_dir):
     # chance is 20%; a broken pair loss or nearest-support rule stays near it
     assert metrics["accuracy_5way_1shot"] >= 0.75, metrics
     assert 0 < metrics["accuracy_5way_1shot_ci95"] < 0.05
+
+
+def test_interrupted_training_resumes_exactly_distortions_included(tmp_path, data_dir, monkeypatch):
+    torch.set_num_threads(1)
+    exp = fewshot_experiment(
+        {
+            "method": "siamese",
+            "model": {"hidden": 8, "features": 16},
+            "train": {"n_way": 5, "query": 2, "meta_batch": 2, "iterations": 6,
+                      "val_every": 3, "val_episodes": 2, "device": "cpu"},
+            "eval": {"batchnorm": "running_stats"},
+        }
+    )  # fmt: skip
+    engine = FewShotEngine()
+    straight = stage_context(exp, data_dir, tmp_path / "straight")
+    engine.train(straight)
+    resumed = stage_context(exp, data_dir, tmp_path / "resumed")
+    assert_crash_resumes_exactly(engine, straight, resumed, SiameseNetwork, monkeypatch)

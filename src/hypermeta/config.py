@@ -225,9 +225,12 @@ def read_params(path: str | Path = "params.yaml", profile: str | None = None) ->
                 )
     for profile_name in params.profiles:
         split_config(params, profile_name)
+    groups = {entry.group for entry in params.experiments.values()}
     for name in params.references:
-        if name not in params.experiments:
-            raise HypermetaError(f"params.yaml: references.{name} names no experiment.")
+        if name not in params.experiments and name not in groups:
+            raise HypermetaError(
+                f"params.yaml: references.{name} names no experiment and no report group."
+            )
     check_needs(params)
     return params
 

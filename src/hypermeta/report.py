@@ -172,13 +172,20 @@ def summary_rows(
 
 
 def comparison_rows(
-    columns: dict[str, str], metrics: dict[str, dict[str, Any]]
+    columns: dict[str, str], metrics: dict[str, dict[str, Any]], anchors: list[Reference]
 ) -> list[tuple[str, ...]]:
-    """One row per experiment of a group: its name, then each column's metric with its CI."""
-    return [
-        (name, *(format_metric(key, m) if key in m else "" for key in columns.values()))
+    """One row per experiment of a group: its name, then each column's metric with its CI;
+    then one per published anchor of the group (params.yaml `references.<group>`) in a column."""
+    keys = list(columns.values())
+    rows = [
+        (name, *(format_metric(key, m) if key in m else "" for key in keys))
         for name, m in metrics.items()
     ]
+    for ref in anchors:
+        if ref.metric in keys:
+            cells = (format_value(key, ref.value) if key == ref.metric else "" for key in keys)
+            rows.append((f"published: {ref.source}", *cells))
+    return rows
 
 
 PAPER_SCALE_HEADER = ["experiment", "metric", "ours", "published", "difference", "scale",
@@ -275,6 +282,8 @@ def not_yet_rows(
     source) and why (NOT_YET_HEADER); `missing` is `missing_data`."""
     rows = []
     for name, references in params.references.items():
+        if name not in params.experiments:  # a report group's anchors, not an experiment's
+            continue
         covered = {c.metric for c in records[name].published} if name in records else set()
         uncovered = [ref for ref in references if ref.metric not in covered]
         if not uncovered:
@@ -531,7 +540,9 @@ def write_report(params: Params, staging: Path, records: dict[str, PaperRecord])
         if engine.compare_columns:
             header = ["experiment", *engine.compare_columns]
             rows = comparison_rows(
-                engine.compare_columns, {exp.name: results[exp.name] for exp in members}
+                engine.compare_columns,
+                {exp.name: results[exp.name] for exp in members},
+                params.references.get(group, []),
             )
             note = " ".join(filter(None, [engine.compare_note, mixed_data_note(members)]))
             md += [_markdown_table(header, rows), "", note, ""]

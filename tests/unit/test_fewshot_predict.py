@@ -28,7 +28,8 @@ from hypermeta.methods.protonet import PrototypicalNetwork
 # (MAML, tiny: one inner step), whose answers come from adapting on the support set, and
 # the support-set hypernetworks, whose answers come from weights generated from it, and
 # the other metric learners: Matching Networks (with full context embeddings, whose
-# answers depend on the whole support set) and the Relation Network's relation scores.
+# answers depend on the whole support set) and the Relation Network's relation scores; and
+# the Siamese network, whose answers are each class's most similar support image.
 MODELS = {
     "protonet": {"hidden": 16},
     "matching": {"hidden": 8, "fce": True},
@@ -37,6 +38,7 @@ MODELS = {
     "hypernet_fewshot": {"hidden": 8, "code": 8, "generate_block": True},
     "hyperproto": {"hidden": 8, "code": 8},
     "hypermaml": {"hidden": 8, "code": 8, "inner_steps": 2, "update": "learned"},
+    "siamese": {"hidden": 8, "features": 16},
 }
 # Transductive is the strictest case (every query's answer depends on the whole episode);
 # the tests that need just some trained model share this one.
@@ -115,6 +117,7 @@ def predict_csv(model_dir, folders, out) -> list[dict[str, str]]:
     ("hypermaml", "running_stats"),
     ("matching", "running_stats"),
     ("relation", "transductive"),
+    ("siamese", "running_stats"),
 )
 def test_predict_gives_the_evaluators_answers_on_the_same_episode(trained, tmp_path):
     ctx = trained

@@ -3,7 +3,10 @@
 Splits are by character, never by drawing, so meta-test characters are never seen in
 meta-training. Each split is stored as `images` (classes, 20 drawings, 1, 28, 28) — the
 shape the episodic sampler indexes — with `character` (index into the manifest's
-`characters`) and `rotation` (degrees) per class.
+`characters`) and `rotation` (degrees) per class. Drawing d of every class is by drawer
+d + 1: the files are `<character id>_<drawer>.png`, drawers 01..20, read in that order and
+checked (the manifest's `drawings_by_drawer`; Lake's one-shot trials, data/one_shot.py,
+rely on it).
 
 Protocols (written to the manifest and the report), each prepared to its own folder
 (`data/prepared/omniglot-<protocol>`); an experiment picks one with `split:` (default
@@ -82,8 +85,8 @@ Key = tuple[str, str]  # (alphabet, character)
 
 
 def read_characters(zip_paths: list[Path]) -> tuple[dict[Key, torch.Tensor], dict[Key, str]]:
-    """(alphabet, character) → (20, 1, 28, 28) uint8, drawings in file-name order, and
-    (alphabet, character) → the stem of the archive it came from (Lake's split reads it).
+    """(alphabet, character) → (20, 1, 28, 28) uint8, drawing d by drawer d + 1 (checked),
+    and (alphabet, character) → the stem of the archive it came from (Lake's split reads it).
 
     A character present in several archives (small1 and small2 share Greek and Latin,
     byte-identical) is kept once."""
@@ -91,6 +94,7 @@ def read_characters(zip_paths: list[Path]) -> tuple[dict[Key, torch.Tensor], dic
     archives: dict[Key, str] = {}
     for zip_path in zip_paths:
         drawings: dict[Key, list[torch.Tensor]] = defaultdict(list)
+        drawers: dict[Key, list[str]] = defaultdict(list)
         try:
             with zipfile.ZipFile(zip_path) as archive:
                 for name in sorted(archive.namelist()):
@@ -99,6 +103,7 @@ def read_characters(zip_paths: list[Path]) -> tuple[dict[Key, torch.Tensor], dic
                         continue
                     with Image.open(io.BytesIO(archive.read(name))) as image:
                         drawings[(parts[1], parts[2])].append(to_model_image(image))
+                    drawers[(parts[1], parts[2])].append(PurePosixPath(name).stem.split("_")[-1])
         except (zipfile.BadZipFile, UnidentifiedImageError) as exc:
             raise HypermetaError(
                 f"{zip_path} is damaged ({exc}); delete it and run the download stage again."
@@ -108,6 +113,12 @@ def read_characters(zip_paths: list[Path]) -> tuple[dict[Key, torch.Tensor], dic
                 raise HypermetaError(
                     f"{zip_path}: {key[0]}/{key[1]} has {len(images)} drawings, expected "
                     f"{DRAWINGS_PER_CHARACTER}; delete the archive and download it again."
+                )
+            if drawers[key] != [f"{d:02d}" for d in range(1, DRAWINGS_PER_CHARACTER + 1)]:
+                raise HypermetaError(
+                    f"{zip_path}: {key[0]}/{key[1]}'s files are not named <id>_01.png to "
+                    f"<id>_{DRAWINGS_PER_CHARACTER}.png, one per drawer; delete the archive "
+                    "and download it again."
                 )
             if key not in characters:
                 characters[key] = torch.stack(images)
@@ -254,6 +265,7 @@ def cut(
         info={
             "image_shape": [1, IMAGE_SIZE, IMAGE_SIZE],
             "drawings_per_class": DRAWINGS_PER_CHARACTER,
+            "drawings_by_drawer": True,  # drawing d of each class is by drawer d + 1
             "characters": [f"{alphabet}/{character}" for alphabet, character in keys],
             "split_protocol": protocol,
             "split_summary": summary,

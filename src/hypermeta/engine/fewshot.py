@@ -13,6 +13,9 @@ their metrics suffixed with the regime (`accuracy_5way_1shot_transductive`), so 
 unsuffixed keys always mean `eval.batchnorm`. `eval.inner_steps_sweep` evaluates a learner
 with inner steps (fewshot_base's `with_inner_steps`) after each listed number of them, on
 the first setting's episodes in the `eval.batchnorm` regime (`accuracy_5way_1shot_steps2`).
+`eval.lake_runs` adds Lake et al.'s 20-way within-alphabet one-shot benchmark
+(data/one_shot.py; 20 trials per run) in the `eval.batchnorm` regime: the error rate
+over runs, `lake_within_alphabet_error` ± its 95% CI half width (`_ci95`), and `lake_trials`.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from hypermeta.data.episodes import (
     EpisodeSetting,
     seeded_generator,
 )
+from hypermeta.data.one_shot import class_alphabets, lake_setting, within_alphabet_runs
 from hypermeta.data.prepare import load_manifest, load_split
 from hypermeta.engine import register
 from hypermeta.engine.base import Engine, StageContext
@@ -101,6 +105,13 @@ class FewShotEval(StrictModel):
         "(learners with inner steps); metrics accuracy_<setting>_steps<n>",
     )
 
+    lake_runs: int = Field(
+        0,
+        ge=0,
+        description="runs of Lake's 20-way within-alphabet one-shot benchmark, 20 trials "
+        "each (Omniglot; 0: off); metric lake_within_alphabet_error",
+    )
+
     @model_validator(mode="after")
     def _regimes_differ(self) -> FewShotEval:
         regimes = [self.batchnorm, *self.also_batchnorm]
@@ -117,6 +128,27 @@ class FewShotEval(StrictModel):
 
 def split_sampler(data_dir: Path, split: str, info: dict, device: torch.device) -> EpisodeSampler:
     return EpisodeSampler(load_split(data_dir, split)["images"], info["mean"], info["std"], device)
+
+
+def lake_runs_index(data_dir: Path, info: dict, runs: int, seed: int, where: str) -> EpisodeIndex:
+    """The meta-test split's `runs` seeded runs of Lake's within-alphabet benchmark."""
+    if not info.get("drawings_by_drawer"):
+        raise HypermetaError(
+            f"{where}: Lake's one-shot runs need each class's drawings stored by drawer, which "
+            "this prepared dataset does not say; rerun the split stage (Omniglot), or set "
+            "lake_runs to 0."
+        )
+    seen = set(info["split_alphabets"]["train"]) | set(info["split_alphabets"]["val"])
+    if shared := sorted(seen & set(info["split_alphabets"]["test"])):
+        raise HypermetaError(
+            f"{where}: Lake's one-shot runs are drawn from alphabets never seen in "
+            f"meta-training, but this split ({info['split_summary']}) meta-trains on "
+            f"{len(shared)} of its meta-test alphabets; use `split: lake` or set lake_runs "
+            "to 0."
+        )
+    test = load_split(data_dir, "test")
+    alphabets = class_alphabets(test["character"], info["characters"])
+    return within_alphabet_runs(alphabets, test["rotation"], info["drawings_per_class"], runs, seed)
 
 
 def episode_logits(
@@ -342,6 +374,21 @@ class FewShotEngine(Engine):
     kind = "fewshot"
     train_config = FewShotTrain
     eval_config = FewShotEval
+    compare_columns = {
+        "5-way 1-shot": "accuracy_5way_1shot",
+        "5-way 5-shot": "accuracy_5way_5shot",
+        "20-way 1-shot": "accuracy_20way_1shot",
+        "20-way 5-shot": "accuracy_20way_5shot",
+        "Lake 20-way within-alphabet one-shot error": "lake_within_alphabet_error",
+    }
+    compare_note = (
+        "Accuracy on fixed, seeded test episodes, the same for every learner, in each "
+        "experiment's eval.batchnorm regime. Lake's benchmark (eval.lake_runs): each run is "
+        "20 characters of one meta-test alphabet, one drawer's drawing of each as the "
+        "support and another drawer's as the 20 queries; error over the runs' 20 trials "
+        "each, ± 95% CI over runs; blank where a learner's head takes under 20 ways or the "
+        "experiment does not ask for it. Published rows: params.yaml's references for the group."
+    )
 
     def train(self, ctx: StageContext) -> None:
         training = FewShotTraining(ctx)
@@ -416,7 +463,41 @@ class FewShotEngine(Engine):
                 metrics[f"accuracy_{setting.name}_steps{steps}_ci95"] = half
                 print(f"[hypermeta] {exp.name} {setting.name} after {steps} inner steps: "
                       f"{100 * mean:.2f} ± {100 * half:.2f}%")  # fmt: skip
+        if cfg.lake_runs:
+            metrics.update(
+                lake_metrics(learner, sampler, ctx, cfg, exp.train.amp, features[cfg.batchnorm])
+            )
         return metrics
+
+
+def lake_metrics(
+    learner: FewShotLearner,
+    sampler: EpisodeSampler,
+    ctx: StageContext,
+    cfg: FewShotEval,
+    amp: bool,
+    features: EpisodeSampler | None,
+) -> dict[str, Any]:
+    """Lake's within-alphabet one-shot error over `cfg.lake_runs` runs (mean over runs ±
+    95% CI half width), in the `eval.batchnorm` regime; {} for a head of under 20 ways."""
+    name, setting = ctx.experiment.name, lake_setting()
+    if learner.max_way is not None and setting.n_way > learner.max_way:
+        print(f"[hypermeta] {name}: skipping Lake's 20-way runs, over the model's ways")
+        return {}
+    info = load_manifest(ctx.data_dir)
+    index = lake_runs_index(ctx.data_dir, info, cfg.lake_runs, cfg.seed, f"experiments.{name}.eval")
+    accuracies = episode_accuracies(
+        learner, sampler, setting, index, cfg.batchnorm, cfg.meta_batch, amp, features
+    )
+    error, half = mean_interval(1 - accuracies, 0.95)
+    trials = len(index) * setting.n_way
+    print(f"[hypermeta] {name} Lake's within-alphabet 20-way one-shot, {trials} trials: "
+          f"error {100 * error:.2f} ± {100 * half:.2f}%")  # fmt: skip
+    return {
+        "lake_within_alphabet_error": error,
+        "lake_within_alphabet_error_ci95": half,
+        "lake_trials": trials,
+    }
 
 
 register(FewShotEngine())

@@ -13,7 +13,7 @@ on 5-way 1-shot episodes, the learners taking turns round after round (meta_timi
     python benchmarks/bench_metric.py [--quick] [--device cpu|cuda] [--width 64]
 
 Prints a table; writes benchmarks/results/metric.json. A learner whose method is not
-registered (`siamese` until it is added) is skipped, and said so.
+registered is skipped, and said so.
 """
 
 from __future__ import annotations

@@ -115,9 +115,9 @@ def test_snail_learns_omniglot_small_five_way_one_shot(tmp_path, data_dir):
     exp = fewshot_experiment(
         {
             "method": "snail",
-            "model": {"n_way": 5, "k_shot": 1, "hidden": 32, "width": 0.25},
+            "model": {"n_way": 5, "k_shot": 1, "hidden": 16, "width": 0.25},
             "train": {"n_way": 5, "k_shot": 1, "query": 5, "meta_batch": 8,
-                      "iterations": 150, "lr": 0.003, "val_every": 150, "val_episodes": 20,
+                      "iterations": 300, "lr": 0.001, "val_every": 300, "val_episodes": 20,
                       "device": "cpu"},
             "eval": {"batchnorm": "running_stats", "episodes": 100,
                      "settings": [{"n_way": 5, "k_shot": 1}, {"n_way": 20, "k_shot": 1}]},

@@ -161,7 +161,7 @@ class SNAIL(FewShotLearner):
         self.head = nn.Linear(channels, n_way)
 
     def sequence(self, steps: Steps) -> Steps:
-        """The blocks' outputs at every step (before the head): for tests and figures."""
+        """The blocks' outputs at every step (before the head)."""
         return self.blocks(steps)
 
     def query_logits(self, episodes: Episodes) -> torch.Tensor:

@@ -131,3 +131,14 @@ def test_snail_learns_omniglot_small_five_way_one_shot(tmp_path, data_dir):
     # chance is 20%; a broken mask, label input or head stays near it
     assert metrics["accuracy_5way_1shot"] >= 0.6, metrics
     assert 0 < metrics["accuracy_5way_1shot_ci95"] < 0.06
+
+
+def test_training_shuffles_the_support_steps_reproducibly_per_iteration():
+    model = small_snail().train()
+    episodes = episodes_of(model, 5, 1, queries=4)
+    losses = []
+    for iteration in (3, 3, 4):
+        model.on_iteration(iteration, 10)
+        losses.append(model.loss(episodes)[0].item())
+    assert losses[0] == losses[1]  # the same iteration, the same order: a resume repeats it
+    assert losses[0] != losses[2]

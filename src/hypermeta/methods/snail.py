@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from hypermeta.config import StrictModel
-from hypermeta.data.episodes import Episodes
+from hypermeta.data.episodes import Episodes, seeded_generator
 from hypermeta.errors import HypermetaError
 from hypermeta.methods import register
 from hypermeta.methods.base import MethodSpec
@@ -135,7 +135,8 @@ class AttentionBlock(nn.Module):
 
 class SNAIL(FewShotLearner):
     """Conv-4 embeddings with labels, through the paper's Omniglot blocks to an
-    `n_way`-way head (`max_way`; episodes with fewer ways use its first columns). Batch
+    `n_way`-way head (`max_way`; episodes with fewer ways use its first columns); training
+    shuffles each task's support steps (seeded by the meta-iteration). Batch
     norm as ProtoNet's: per episode in training, transductive or running statistics at
     meta-test, where the encoder embeds each test image once (`image_encoder`)."""
 
@@ -149,6 +150,7 @@ class SNAIL(FewShotLearner):
         def size(channels: int) -> int:
             return max(1, round(width * channels))
 
+        self.order: torch.Generator | None = None  # shuffles the support steps in training
         channels = encoder.embedding_size + n_way
         blocks: list[AttentionBlock | TCBlock] = []
         for key, value, filters in ((64, 32, 128), (256, 128, 128), (512, 256, None)):
@@ -159,6 +161,10 @@ class SNAIL(FewShotLearner):
                 channels = blocks[-1].out_channels
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Linear(channels, n_way)
+
+    def on_iteration(self, iteration: int, total: int) -> None:
+        # Seeded by the meta-iteration, as LEO's noise: a resumed run repeats its orders.
+        self.order = seeded_generator("snail", iteration)
 
     def sequence(self, steps: Steps) -> Steps:
         """The blocks' outputs at every step (before the head)."""
@@ -190,6 +196,13 @@ class SNAIL(FewShotLearner):
             )
         labels = F.one_hot(episodes.support_y, self.max_way).to(episodes.support_x.dtype)
         prefix = torch.cat([episodes.support_x, labels], -1)
+        if self.training:
+            # Episodes list the support set class by class: in a fixed order a sequence
+            # model could read a step's class off its position instead of its label (a
+            # 1-shot model then fails on 5-shot sequences), so training shuffles it.
+            draw = torch.rand(prefix.shape[:2], generator=self.order or torch.Generator())
+            order = draw.argsort(1).to(prefix.device)
+            prefix = prefix.gather(1, order.unsqueeze(-1).expand_as(prefix))
         blank = episodes.query_x.new_zeros(*episodes.query_x.shape[:2], self.max_way)
         query = torch.cat([episodes.query_x, blank], -1)  # the query's own label: unseen
         _, out = self.sequence((prefix, query))

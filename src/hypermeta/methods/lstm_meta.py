@@ -118,11 +118,11 @@ class ParameterCell(nn.Module):
         last_forget: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(θ_t, i_t, f_t) from h_t (n, hidden) and θ_{t−1}, ∇, i_{t−1}, f_{t−1} (n,)."""
-        i = torch.sigmoid(self.input_gate(torch.cat([h, theta[:, None], last_input[:, None]], 1)))
-        f = torch.sigmoid(
-            self.forget_gate(torch.cat([h, theta[:, None], last_forget[:, None]], 1))
-        )
-        i, f = i.squeeze(1), f.squeeze(1)
+
+        def gate(layer: nn.Linear, last: torch.Tensor) -> torch.Tensor:
+            return torch.sigmoid(layer(torch.cat([h, theta[:, None], last[:, None]], 1))).squeeze(1)
+
+        i, f = gate(self.input_gate, last_input), gate(self.forget_gate, last_forget)
         return f * theta - i * gradient, i, f
 
 

@@ -30,7 +30,8 @@ from hypermeta.methods.protonet import PrototypicalNetwork
 # the other metric learners: Matching Networks (with full context embeddings, whose
 # answers depend on the whole support set) and the Relation Network's relation scores; and
 # the Siamese network, whose answers are each class's most similar support image; and
-# SNAIL, whose answers come from attending over the labelled support sequence.
+# SNAIL, whose answers come from attending over the labelled support sequence; and
+# the LSTM meta-learner, whose answers come from a learned optimizer's updates.
 MODELS = {
     "protonet": {"hidden": 16},
     "matching": {"hidden": 8, "fce": True},
@@ -41,6 +42,7 @@ MODELS = {
     "hypermaml": {"hidden": 8, "code": 8, "inner_steps": 2, "update": "learned"},
     "siamese": {"hidden": 8, "features": 16},
     "snail": {"n_way": 5, "hidden": 8, "width": 0.25},
+    "lstm_meta_learner": {"n_way": 5, "width": 8, "inner_steps": 2},
 }
 # Transductive is the strictest case (every query's answer depends on the whole episode);
 # the tests that need just some trained model share this one.
@@ -121,6 +123,7 @@ def predict_csv(model_dir, folders, out) -> list[dict[str, str]]:
     ("relation", "transductive"),
     ("siamese", "running_stats"),
     ("snail", "running_stats"),
+    ("lstm_meta_learner", "transductive"),
 )
 def test_predict_gives_the_evaluators_answers_on_the_same_episode(trained, tmp_path):
     ctx = trained

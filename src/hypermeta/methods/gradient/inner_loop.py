@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import torch
-from torch.func import grad
+from torch.func import grad_and_value
 
 Weights = dict[str, torch.Tensor]
 # The support loss of one task at fast weights `fast` and inner step `step`.
@@ -39,15 +39,25 @@ def inner_gradients(
     `torch.autograd.grad`, the same numbers without functorch's per-operation wrapping
     (and without importing torch._dynamo, about 1.4 s of every pipeline job that adapts).
     Autograd is on either way: meta-test adapts under no_grad."""
+    return loss_and_gradients(loss, fast, keep_graph, vmapped)[1]
+
+
+def loss_and_gradients(
+    loss: Callable[[Weights], torch.Tensor], fast: Weights, keep_graph: bool, vmapped: bool
+) -> tuple[torch.Tensor, Weights]:
+    """`loss` at `fast` (detached) and its gradients, as `inner_gradients` takes them: for
+    an update that reads the loss too (the LSTM meta-learner)."""
     if vmapped:
-        grads = grad(loss)(fast)
-        return grads if keep_graph else {n: g.detach() for n, g in grads.items()}
+        grads, value = grad_and_value(loss)(fast)
+        grads = grads if keep_graph else {n: g.detach() for n, g in grads.items()}
+        return value.detach(), grads
     with torch.enable_grad():
         start = {n: w if w.requires_grad else w.detach().requires_grad_() for n, w in fast.items()}
+        value = loss(start)
         grads = torch.autograd.grad(
-            loss(start), list(start.values()), create_graph=keep_graph, materialize_grads=True
+            value, list(start.values()), create_graph=keep_graph, materialize_grads=True
         )
-    return dict(zip(start, grads, strict=True))
+    return value.detach(), dict(zip(start, grads, strict=True))
 
 
 def adapt(

@@ -275,8 +275,13 @@ class GradientMetaLearner(FewShotLearner):
                 param.grad = add_gradients(param.grad, summed[index])
         losses = [loss for _, part_losses, _ in parts for loss in part_losses]
         outs = [out for _, _, part_outs in parts for out in part_outs]
+        self.clip_meta_gradients(params)
         optimizer.step()
         return self.step_record(torch.stack(losses).sum(), torch.cat(outs), episodes)
+
+    def clip_meta_gradients(self, params: list[torch.Tensor]) -> None:
+        """Clip the summed meta-gradients before the outer step; none by default (the
+        LSTM meta-learner clips their norm, as its paper)."""
 
     def step_record(self, loss: torch.Tensor, out: torch.Tensor, episodes: Episodes):
         """The meta-step's numbers for the training log: the loss, and a classifier's

@@ -301,8 +301,11 @@ def test_dvc_repro_reruns_exactly_the_edited_experiment(project):
     project.edit_params("hypercnn", lr=0.002, max_train_examples=5000)  # short epochs
     planned_by_snakemake = snakemake_jobs(project.run("snakemake", "-n", "--cores", "2"))
     ran = dvc_ran(project.run(sys.executable, "-m", "dvc", "repro"))
-    assert ran == {"train@hypercnn", "evaluate@hypercnn", "visualize@hypercnn", "report"}
-    assert planned_by_snakemake == rules(ran)
+    # `sources` depends on the experiments (it readies their needs folders, hypermeta.dag)
+    # and reruns in a second; its fingerprints unchanged, it reruns nothing else. The
+    # Snakefile runs it as it builds its DAG, not as a job.
+    assert ran == {"sources", "train@hypercnn", "evaluate@hypercnn", "visualize@hypercnn", "report"}
+    assert planned_by_snakemake == rules(ran - {"sources"})
     assert "Nothing to be done" in project.run("snakemake", "-n", "--cores", "2")
 
 

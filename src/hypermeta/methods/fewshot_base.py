@@ -7,6 +7,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import replace
 from typing import ClassVar, Literal
 
 import torch
@@ -33,6 +34,21 @@ RETIRED_REGIMES = {
     "ProtoNet's running statistics, per_query for MAML, FOMAML, Meta-SGD and Reptile (the "
     "support set plus one query), or per_step_stats for MAML++'s per-step statistics",
 }
+
+
+def embedded_per_episode(encoder: nn.Module, episodes: Episodes) -> Episodes:
+    """`episodes` with each image replaced by its `encoder` features. One forward per
+    episode: batch-norm statistics (training, transductive test) must come from that
+    episode alone, never from the other tasks of a meta-batch."""
+    features = []
+    for support_x, query_x in zip(episodes.support_x, episodes.query_x, strict=True):
+        images = torch.cat([support_x, query_x])
+        if images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        features.append(encoder(images))
+    support_size = episodes.support_x.shape[1]
+    stacked = torch.stack(features)
+    return replace(episodes, support_x=stacked[:, :support_size], query_x=stacked[:, support_size:])
 
 
 class FewShotLearner(nn.Module, ABC):

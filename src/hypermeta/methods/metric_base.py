@@ -7,13 +7,12 @@ its image alone: the engine then encodes every test image once (`image_encoder`)
 from __future__ import annotations
 
 from abc import abstractmethod
-from dataclasses import replace
 
 import torch
 from torch import nn
 
 from hypermeta.data.episodes import Episodes
-from hypermeta.methods.fewshot_base import FewShotLearner
+from hypermeta.methods.fewshot_base import FewShotLearner, embedded_per_episode
 
 
 class MetricLearner(FewShotLearner):
@@ -25,20 +24,7 @@ class MetricLearner(FewShotLearner):
         self.encoder = encoder.to(memory_format=torch.channels_last)
 
     def embedded(self, episodes: Episodes) -> Episodes:
-        """`episodes` with each image replaced by its encoder features. One forward per
-        episode: batch-norm statistics (training, transductive test) must come from that
-        episode alone, never from the other tasks of a meta-batch."""
-        features = []
-        for support_x, query_x in zip(episodes.support_x, episodes.query_x, strict=True):
-            images = torch.cat([support_x, query_x])
-            if images.dim() == 4:
-                images = images.contiguous(memory_format=torch.channels_last)
-            features.append(self.encoder(images))
-        support_size = episodes.support_x.shape[1]
-        stacked = torch.stack(features)
-        return replace(
-            episodes, support_x=stacked[:, :support_size], query_x=stacked[:, support_size:]
-        )
+        return embedded_per_episode(self.encoder, episodes)
 
     def query_logits(self, episodes: Episodes) -> torch.Tensor:
         return self.feature_logits(self.embedded(episodes))

@@ -23,7 +23,6 @@ The twin is Conv-4 at 28×28 (the prepared Omniglot's size) in every profile; Ko
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -34,7 +33,7 @@ from hypermeta.config import StrictModel
 from hypermeta.data.episodes import Episodes, seeded_generator
 from hypermeta.methods import register
 from hypermeta.methods.base import MethodSpec
-from hypermeta.methods.fewshot_base import FewShotLearner
+from hypermeta.methods.fewshot_base import FewShotLearner, embedded_per_episode
 from hypermeta.nn.conv4 import Conv4
 
 ROTATION_DEGREES = 10.0
@@ -143,19 +142,7 @@ class SiameseNetwork(FewShotLearner):
         return self.twin(images)
 
     def query_logits(self, episodes: Episodes) -> torch.Tensor:
-        # One forward per episode: batch-norm statistics come from that episode alone.
-        support_size = episodes.support_x.shape[1]
-        stacked = torch.stack(
-            [
-                self.embed(torch.cat([support_x, query_x]))
-                for support_x, query_x in zip(episodes.support_x, episodes.query_x, strict=True)
-            ]
-        )
-        return self.feature_logits(
-            replace(
-                episodes, support_x=stacked[:, :support_size], query_x=stacked[:, support_size:]
-            )
-        )
+        return self.feature_logits(embedded_per_episode(self.twin, episodes))
 
     def feature_logits(self, episodes: Episodes) -> torch.Tensor:
         scores = self.similarity(episodes.query_x, episodes.support_x)  # (B, N·Q, N·K)

@@ -15,7 +15,6 @@ function as Q separate sequences of S + 1 steps, without computing the prefix Q 
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -28,7 +27,7 @@ from hypermeta.data.episodes import Episodes, seeded_generator
 from hypermeta.errors import HypermetaError
 from hypermeta.methods import register
 from hypermeta.methods.base import MethodSpec
-from hypermeta.methods.fewshot_base import FewShotLearner
+from hypermeta.methods.fewshot_base import FewShotLearner, embedded_per_episode
 from hypermeta.nn.conv4 import Conv4
 
 # (prefix, query): a layer's input or output at the support steps (B, S, C) and at the
@@ -171,21 +170,7 @@ class SNAIL(FewShotLearner):
         return self.blocks(steps)
 
     def query_logits(self, episodes: Episodes) -> torch.Tensor:
-        # One forward per episode: batch-norm statistics (training, transductive test)
-        # must come from that episode alone, never from the other tasks of a meta-batch.
-        embedded = []
-        for support_x, query_x in zip(episodes.support_x, episodes.query_x, strict=True):
-            images = torch.cat([support_x, query_x])
-            if images.dim() == 4:
-                images = images.contiguous(memory_format=torch.channels_last)
-            embedded.append(self.encoder(images))
-        support_size = episodes.support_x.shape[1]
-        stacked = torch.stack(embedded)
-        return self.feature_logits(
-            replace(
-                episodes, support_x=stacked[:, :support_size], query_x=stacked[:, support_size:]
-            )
-        )
+        return self.feature_logits(embedded_per_episode(self.encoder, episodes))
 
     def feature_logits(self, episodes: Episodes) -> torch.Tensor:
         if episodes.n_way > self.max_way:

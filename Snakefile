@@ -11,6 +11,7 @@ import shutil
 
 import yaml
 
+from hypermeta.config import SAFE_LOADER
 from hypermeta.experiments import load_params, resolve, set_profile
 from hypermeta.dag import (
     DRY_RUN_DIR,
@@ -34,7 +35,7 @@ shutil.rmtree(DRY_RUN_DIR, ignore_errors=True)
 if "profile" in config and not DRY_RUN:
     set_profile("params.yaml", config["profile"])
 PARAMS = load_params("params.yaml", profile=config.get("profile"))
-RAW_PARAMS = {**yaml.safe_load(open("params.yaml")), "profile": PARAMS.profile}
+RAW_PARAMS = {**yaml.load(open("params.yaml"), Loader=SAFE_LOADER), "profile": PARAMS.profile}
 # needs.yaml, DVC's view of the experiments' `needs:` (hypermeta.dag), before DVC reads dvc.yaml;
 # a dry run plans with it as it is, and says so when it is stale.
 if DRY_RUN:

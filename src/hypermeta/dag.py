@@ -42,7 +42,7 @@ from typing import Any
 import yaml
 
 from hypermeta.atomic import write_json, write_text
-from hypermeta.config import Params
+from hypermeta.config import SAFE_LOADER, Params
 from hypermeta.errors import HypermetaError
 from hypermeta.paths import MODELS, NEEDS
 
@@ -228,7 +228,7 @@ def params_file(
 
 def load_lock(root: Path = Path(".")) -> dict[str, Any]:
     path = root / "dvc.lock"
-    return yaml.safe_load(path.read_text()) or {} if path.exists() else {}
+    return yaml.load(path.read_text(), Loader=SAFE_LOADER) or {} if path.exists() else {}
 
 
 FINISHED_DIR = Path(".snakemake/hypermeta-finished")

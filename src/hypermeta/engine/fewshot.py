@@ -47,6 +47,7 @@ from hypermeta.engine.schedule import lr_scheduler
 from hypermeta.errors import HypermetaError
 from hypermeta.methods import get_method
 from hypermeta.methods.fewshot_base import RETIRED_REGIMES, BatchNormRegime, FewShotLearner
+from hypermeta.nn.inference import inference_copy
 from hypermeta.progress import progress
 from hypermeta.stats import mean_interval
 
@@ -166,7 +167,7 @@ def encoded_split(
     it has an `image_encoder` (every image encoded once, not once per episode); else None."""
     with learner.meta_test(batchnorm), autocast(sampler.images.device, amp):
         encoder = learner.image_encoder()
-        return sampler.encoded(encoder) if encoder is not None else None
+        return sampler.encoded(inference_copy(encoder)) if encoder is not None else None
 
 
 def episode_accuracies(
@@ -281,7 +282,7 @@ class FewShotTraining(Training):
         # A learner whose encoder is frozen sees each image through it alone in training
         # too (LEO): it meta-trains on episodes of features, every image encoded once.
         if (encoder := self.learner.image_encoder()) is not None:
-            self.train_sampler = self.train_sampler.encoded(encoder)
+            self.train_sampler = self.train_sampler.encoded(inference_copy(encoder))
         self.optimizer = adam(self.learner.parameters(), cfg.lr, cfg.weight_decay)
         self.scheduler = lr_scheduler(
             self.optimizer, cfg.lr_schedule, cfg.iterations, cfg.lr_decay, cfg.lr_decay_every

@@ -208,3 +208,24 @@ def test_instances_past_a_classes_samples_are_refused():
                          "by_instance": {"per_class": 3, "instances": [1, 5]}},
             }
         )  # fmt: skip
+
+
+def test_the_groups_accuracy_by_instance_is_drawn_from_each_experiments_metrics(tmp_path):
+    import json
+
+    from hypermeta.plots import get_plotter
+
+    contexts = []
+    for name, method in (("mann_omniglot", "mann"), ("mann_lstm_omniglot", "mann_lstm")):
+        exp = fewshot_experiment(
+            {"method": method, "eval": {"batchnorm": "per_query", "by_instance": {}}}, name
+        )
+        ctx = stage_context(exp, tmp_path / "data", tmp_path)
+        ctx.metrics_dir.mkdir(parents=True)
+        metrics = {f"accuracy_instance_{i}": 0.2 + 0.05 * i for i in (1, 2, 3, 5, 10)}
+        metrics |= {f"accuracy_instance_{i}_ci95": 0.02 for i in (1, 2, 3, 5, 10)}
+        (ctx.metrics_dir / "metrics.json").write_text(json.dumps(metrics))
+        contexts.append(ctx)
+    paths = get_plotter("fewshot").compare(contexts, tmp_path / "report", "mann_omniglot")
+    assert [p.name for p in paths] == ["accuracy_by_instance.png"] and paths[0].exists()
+    assert get_plotter("fewshot").compare(contexts[:0], tmp_path / "none", "none") == []

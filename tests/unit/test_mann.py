@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fewshot_helpers import fewshot_experiment, prepared_omniglot_small, stage_context
+from fewshot_helpers import (
+    assert_crash_resumes_exactly,
+    fewshot_experiment,
+    prepared_omniglot_small,
+    stage_context,
+)
 from torch.nn import functional as F
 
 from hypermeta.data.episodes import Episodes, EpisodeSampler
@@ -184,6 +189,39 @@ def test_accuracy_by_instance_through_the_engine(tmp_path, data_dir):
         assert 0 <= metrics[f"accuracy_instance_{i}"] <= 1
         assert metrics[f"accuracy_instance_{i}_ci95"] > 0
     assert "accuracy_instance_3" not in metrics
+
+
+def test_interrupted_training_resumes_exactly(tmp_path, data_dir, monkeypatch):
+    torch.set_num_threads(1)
+    exp = fewshot_experiment(
+        {
+            "method": "mann",
+            "model": {"controller": 8, "slots": 4, "slot_size": 4, "read_heads": 1},
+            "train": {"n_way": 5, "k_shot": 3, "query": 1, "meta_batch": 2, "iterations": 6,
+                      "val_every": 3, "val_episodes": 2, "device": "cpu"},
+            "eval": {"batchnorm": "per_query"},
+        }
+    )  # fmt: skip
+    engine = FewShotEngine()
+    straight = stage_context(exp, data_dir, tmp_path / "straight")
+    engine.train(straight)
+    resumed = stage_context(exp, data_dir, tmp_path / "resumed")
+    assert_crash_resumes_exactly(engine, straight, resumed, MANN, monkeypatch)
+
+
+def test_training_orders_the_support_steps_by_the_meta_iteration():
+    model = small()
+    generator = torch.Generator().manual_seed(3)
+    support = torch.randn(2, 10, 1, 28, 28, generator=generator, dtype=torch.float64)
+    labels = torch.arange(5).repeat_interleave(2).repeat(2, 1)
+    episodes = Episodes(support, labels, support[:, :1], labels[:, :1], 5)
+    losses = []
+    for iteration in (3, 3, 4):
+        model.on_iteration(iteration, 10)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # the loss, no update
+        losses.append(model.meta_step(episodes, optimizer)["loss"])
+    assert losses[0] == losses[1]  # the same iteration, the same order: a resume repeats it
+    assert losses[0] != losses[2]
 
 
 def test_accuracy_by_instance_is_refused_for_a_learner_without_sequences(tmp_path, data_dir):

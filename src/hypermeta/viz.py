@@ -197,3 +197,51 @@ def save_scatter(
     ax.set_title(title, fontsize=10)
     figure.text(0.5, -0.02, caption, ha="center", va="top", fontsize=7, wrap=True)
     return _save(figure, path)
+
+
+def save_interval_curves(
+    series: dict[str, list[tuple[float, float, float]]],
+    path: Path,
+    title: str,
+    x_label: str,
+    y_label: str,
+    references: dict[str, list[tuple[float, float]]] | None = None,
+) -> Path:
+    """A line with 95% CI error bars per entry of `series` (name → (x, mean, half width)
+    points), and a dashed line per entry of `references` (name → (x, value) points) on
+    the same axes."""
+    figure, ax = pyplot().subplots(figsize=(6.2, 4.2))
+    colours = distinct_colours(len(series) + len(references or {}))
+    for index, (name, points) in enumerate(series.items()):
+        xs, means, halves = zip(*points, strict=True)
+        marker = MARKERS[index % len(MARKERS)]
+        ax.errorbar(xs, means, yerr=halves, color=colours[index], marker=marker, ms=4,
+                    capsize=3, label=name)  # fmt: skip
+    for index, (name, points) in enumerate((references or {}).items(), start=len(series)):
+        xs, values = zip(*points, strict=True)
+        ax.plot(xs, values, color=colours[index], ls="--", marker="x", label=name)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    legend_below(ax)
+    return _save(figure, path)
+
+
+def save_memory_trace(
+    weights: dict[str, torch.Tensor], labels: list[int], path: Path, title: str
+) -> Path:
+    """Side by side, one image per entry of `weights` (name → (T, slots) weights of each
+    step over the memory slots), a row per step named by its label."""
+    figure, axes = pyplot().subplots(
+        1, len(weights), figsize=(4.5 * len(weights), 0.12 * len(labels) + 2), squeeze=False
+    )
+    for ax, (name, rows) in zip(axes[0], weights.items(), strict=True):
+        image = ax.imshow(rows.float().cpu(), cmap="viridis", aspect="auto", vmin=0)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("memory slot")
+        ax.set_ylabel("step (its label)")
+        ax.set_yticks(range(len(labels)), [f"{t} ({y})" for t, y in enumerate(labels)], fontsize=5)
+        figure.colorbar(image, ax=ax, fraction=0.046)
+    figure.suptitle(title, fontsize=10)
+    return _save(figure, path)

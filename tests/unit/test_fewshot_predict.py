@@ -31,7 +31,8 @@ from hypermeta.methods.protonet import PrototypicalNetwork
 # answers depend on the whole support set) and the Relation Network's relation scores; and
 # the Siamese network, whose answers are each class's most similar support image; and
 # SNAIL, whose answers come from attending over the labelled support sequence; and
-# the LSTM meta-learner, whose answers come from a learned optimizer's updates.
+# the LSTM meta-learner, whose answers come from a learned optimizer's updates; and MANN,
+# whose answers come from its memory after reading the labelled support sequence.
 MODELS = {
     "protonet": {"hidden": 16},
     "matching": {"hidden": 8, "fce": True},
@@ -43,6 +44,7 @@ MODELS = {
     "siamese": {"hidden": 8, "features": 16},
     "snail": {"n_way": 5, "hidden": 8, "width": 0.25},
     "lstm_meta_learner": {"n_way": 5, "width": 8, "inner_steps": 2},
+    "mann": {"n_way": 5, "controller": 16, "slots": 8, "slot_size": 8, "read_heads": 2},
 }
 # Transductive is the strictest case (every query's answer depends on the whole episode);
 # the tests that need just some trained model share this one.
@@ -124,6 +126,7 @@ def predict_csv(model_dir, folders, out) -> list[dict[str, str]]:
     ("siamese", "running_stats"),
     ("snail", "running_stats"),
     ("lstm_meta_learner", "transductive"),
+    ("mann", "per_query"),
 )
 def test_predict_gives_the_evaluators_answers_on_the_same_episode(trained, tmp_path):
     ctx = trained
@@ -156,6 +159,7 @@ def test_predict_gives_the_evaluators_answers_on_the_same_episode(trained, tmp_p
     ("protonet", "running_stats"),
     ("maml", "transductive"),
     ("maml", "per_query"),
+    ("mann", "per_query"),
 )
 def test_a_query_scores_alone_as_among_others_exactly_when_batch_norm_is_not_transductive(
     trained, tmp_path, capsys

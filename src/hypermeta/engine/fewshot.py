@@ -16,6 +16,9 @@ the first setting's episodes in the `eval.batchnorm` regime (`accuracy_5way_1sho
 `eval.lake_runs` adds Lake et al.'s 20-way within-alphabet one-shot benchmark
 (data/one_shot.py; 20 trials per run) in the `eval.batchnorm` regime: the error rate
 over runs, `lake_within_alphabet_error` ± its 95% CI half width (`_ci95`), and `lake_trials`.
+`eval.by_instance` scores a sequence learner (methods/sequence_base.py) on fixed, seeded
+test sequences (data/sequences.py) by the presentation of each class, Santoro et al.'s
+accuracy by instance: `accuracy_instance_<i>` ± `_ci95` over sequences.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from hypermeta.data.episodes import (
 )
 from hypermeta.data.one_shot import class_alphabets, lake_setting, within_alphabet_runs
 from hypermeta.data.prepare import load_manifest, load_split
+from hypermeta.data.sequences import fixed_sequences, gather_sequences, sequence_setting
 from hypermeta.engine import register
 from hypermeta.engine.base import Engine, StageContext
 from hypermeta.engine.classification import build_model, load_trained, standardization
@@ -47,6 +51,7 @@ from hypermeta.engine.schedule import lr_scheduler
 from hypermeta.errors import HypermetaError
 from hypermeta.methods import get_method
 from hypermeta.methods.fewshot_base import RETIRED_REGIMES, BatchNormRegime, FewShotLearner
+from hypermeta.methods.sequence_base import SequenceLearner
 from hypermeta.nn.inference import inference_copy
 from hypermeta.progress import progress
 from hypermeta.stats import mean_interval
@@ -85,6 +90,26 @@ def _not_retired(regime: Any) -> Any:
 Regime = Annotated[BatchNormRegime, BeforeValidator(_not_retired)]
 
 
+class InstanceEval(StrictModel):
+    """Accuracy by instance on fixed test sequences of `n_way` classes × `per_class` samples."""
+
+    sequences: int = Field(1000, gt=0, description="fixed test sequences")
+    n_way: int = Field(5, ge=2, description="classes per sequence")
+    per_class: int = Field(10, gt=0, description="samples of each class per sequence")
+    instances: list[Annotated[int, Field(gt=0)]] = Field(
+        [1, 2, 3, 5, 10], description="presentations scored: metrics accuracy_instance_<i>"
+    )
+
+    @model_validator(mode="after")
+    def _instances_exist(self) -> InstanceEval:
+        if max(self.instances, default=0) > self.per_class:
+            raise ValueError(
+                f"instances {self.instances} go past the {self.per_class} samples of a class "
+                "per sequence; raise per_class or drop the larger instances"
+            )
+        return self
+
+
 class FewShotEval(StrictModel):
     batchnorm: Regime = Field(description="batch-norm regime at meta-test (BATCHNORM_REGIMES)")
     also_batchnorm: list[Regime] = Field(
@@ -111,6 +136,9 @@ class FewShotEval(StrictModel):
         ge=0,
         description="runs of Lake's 20-way within-alphabet one-shot benchmark, 20 trials "
         "each (Omniglot; 0: off); metric lake_within_alphabet_error",
+    )
+    by_instance: InstanceEval | None = Field(
+        None, description="accuracy by instance on fixed test sequences (sequence learners)"
     )
 
     @model_validator(mode="after")
@@ -218,6 +246,11 @@ def check_regimes(learner: FewShotLearner, cfg: FewShotEval, where: str) -> None
             f"{where}.inner_steps_sweep is set, but {type(learner).__name__} has no inner "
             "steps to vary; leave it empty."
         )
+    if cfg.by_instance is not None and not isinstance(learner, SequenceLearner):
+        raise HypermetaError(
+            f"{where}.by_instance is set, but {type(learner).__name__} does not read labelled "
+            "sequences (methods/sequence_base.py); remove by_instance."
+        )
 
 
 def inner_steps_accuracies(
@@ -242,6 +275,24 @@ def inner_steps_accuracies(
                 encode_split=False,
             )  # fmt: skip
     return setting, accuracies
+
+
+def instance_accuracies(
+    learner: SequenceLearner, sampler: EpisodeSampler, cfg: InstanceEval, seed: int, chunk: int
+) -> dict[int, torch.Tensor]:
+    """{instance i: (E,) each fixed test sequence's accuracy at the i-th presentation of
+    its classes}, the n_way steps of that presentation in each sequence."""
+    index = fixed_sequences(sampler, cfg.n_way, cfg.per_class, cfg.sequences, seed)
+    hits = {i: [] for i in cfg.instances}
+    for part in progress(index.chunks(chunk), desc="test sequences"):
+        sequences = gather_sequences(sampler, part)
+        with learner.meta_test("per_query"), torch.no_grad():
+            correct = (learner.sequence_logits(sequences).argmax(-1) == sequences.y).float()
+        instances = sequences.instances
+        for i in cfg.instances:
+            at = (instances == i).float()
+            hits[i].append(((correct * at).sum(1) / at.sum(1)).cpu())
+    return {i: torch.cat(parts) for i, parts in hits.items()}
 
 
 class FewShotTraining(Training):
@@ -464,11 +515,30 @@ class FewShotEngine(Engine):
                 metrics[f"accuracy_{setting.name}_steps{steps}_ci95"] = half
                 print(f"[hypermeta] {exp.name} {setting.name} after {steps} inner steps: "
                       f"{100 * mean:.2f} ± {100 * half:.2f}%")  # fmt: skip
+        if cfg.by_instance is not None:
+            metrics.update(instance_metrics(learner, sampler, cfg, exp.name))
         if cfg.lake_runs:
             metrics.update(
                 lake_metrics(learner, sampler, ctx, cfg, exp.train.amp, features[cfg.batchnorm])
             )
         return metrics
+
+
+def instance_metrics(
+    learner: SequenceLearner, sampler: EpisodeSampler, cfg: FewShotEval, name: str
+) -> dict[str, Any]:
+    """accuracy_instance_<i> ± `_ci95` over the fixed test sequences, and their number."""
+    by = cfg.by_instance
+    check_ways(learner, by.n_way, f"experiments.{name}.eval.by_instance.n_way", "lower it")
+    sampler.check(sequence_setting(by.n_way, by.per_class), f"experiments.{name}.eval.by_instance")
+    metrics: dict[str, Any] = {"test_sequences": by.sequences}
+    for i, accuracies in instance_accuracies(
+        learner, sampler, by, cfg.seed, cfg.meta_batch
+    ).items():
+        mean, half = mean_interval(accuracies, 0.95)
+        metrics[f"accuracy_instance_{i}"], metrics[f"accuracy_instance_{i}_ci95"] = mean, half
+        print(f"[hypermeta] {name} instance {i}: {100 * mean:.2f} ± {100 * half:.2f}%")
+    return metrics
 
 
 def lake_metrics(

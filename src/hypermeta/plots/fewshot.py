@@ -5,7 +5,11 @@ For a learner that implements the figure hooks of fewshot_base.FewShotLearner, a
 weights it generates for two test tasks side by side (`generated_head`,
 `generated_filters`), its task codes of the test episodes in 2-D by PCA coloured by
 alphabet (`task_codes`), and accuracy against the number of inner steps
-(`with_inner_steps`, when `eval.inner_steps_sweep` lists counts)."""
+(`with_inner_steps`, when `eval.inner_steps_sweep` lists counts). For a sequence learner
+with `eval.by_instance`, what each step of the first test sequence reads and writes in its
+memory (`sequence_trace`); compare draws the group's accuracy by instance on one plot
+(Santoro et al.'s Figure 2) from the evaluate stage's metrics, which the report stage
+already reads, so no experiment needs another's model for it."""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from hypermeta.atomic import write_text
 from hypermeta.config import Experiment
 from hypermeta.data.episodes import EpisodeIndex, EpisodeSampler, EpisodeSetting
 from hypermeta.data.prepare import load_manifest, load_split
+from hypermeta.data.sequences import fixed_sequences, gather_sequences
 from hypermeta.engine.base import StageContext
 from hypermeta.engine.classification import load_trained
 from hypermeta.engine.fewshot import (
@@ -28,11 +33,21 @@ from hypermeta.engine.fewshot import (
     inner_steps_accuracies,
     split_sampler,
 )
+from hypermeta.experiments import load_params
 from hypermeta.methods.fewshot_base import BATCHNORM_REGIMES, FewShotLearner
+from hypermeta.methods.sequence_base import SequenceLearner
 from hypermeta.plots import register
 from hypermeta.plots.base import Plotter
 from hypermeta.stats import mean_interval
-from hypermeta.viz import save_curves, save_episode, save_filters, save_head_rows, save_scatter
+from hypermeta.viz import (
+    save_curves,
+    save_episode,
+    save_filters,
+    save_head_rows,
+    save_interval_curves,
+    save_memory_trace,
+    save_scatter,
+)
 
 
 def describe_split(manifest: dict[str, Any], exp: Experiment) -> str:
@@ -78,6 +93,7 @@ class FewShotPlotter(Plotter):
             *generated_weights(ctx, learner, sampler),
             *task_code_map(ctx, learner, sampler, manifest),
             *inner_steps_curve(ctx, learner, sampler),
+            *memory_trace(ctx, learner, sampler),
         ]
 
     @staticmethod
@@ -105,7 +121,10 @@ class FewShotPlotter(Plotter):
             for ctx in contexts
             if ctx.history_path.exists()
         }
-        return [self._curves(histories, out_dir / "fewshot_curves.png", title)] if histories else []
+        curves = (
+            [self._curves(histories, out_dir / "fewshot_curves.png", title)] if histories else []
+        )
+        return curves + instance_curves(contexts, out_dir, title)
 
     @staticmethod
     def _curves(histories: dict[str, list[dict]], path: Path, title: str) -> Path:
@@ -233,6 +252,64 @@ def inner_steps_curve(
             ctx.plots_dir / "inner_steps.png",
             f"{exp.name}: accuracy against inner steps ({cfg.episodes} fixed episodes)",
             x_key="inner_steps",
+        )
+    ]
+
+
+def memory_trace(ctx: StageContext, learner: FewShotLearner, sampler: EpisodeSampler) -> list[Path]:
+    """Which slots each step of the first fixed test sequence reads and writes (weights
+    averaged over the heads); nothing for a learner without a memory."""
+    by = ctx.experiment.eval.by_instance
+    if not isinstance(learner, SequenceLearner) or by is None:
+        return []
+    index = fixed_sequences(sampler, by.n_way, by.per_class, 1, ctx.experiment.eval.seed)
+    sequences = gather_sequences(sampler, index)
+    with learner.meta_test("per_query"), torch.no_grad():
+        trace = learner.sequence_trace(sequences)
+    if trace is None:
+        return []
+    name = ctx.experiment.name
+    return [
+        save_memory_trace(
+            {f"{what} weights": weights[0] for what, weights in trace.items()},
+            sequences.y[0].tolist(),
+            ctx.plots_dir / "memory_trace.png",
+            f"{name}: memory reads and writes over a test sequence of {by.n_way} classes × "
+            f"{by.per_class}",
+        )
+    ]
+
+
+def instance_curves(contexts: list[StageContext], out_dir: Path, title: str) -> list[Path]:
+    """Accuracy against the instance number with 95% CIs, a line per experiment of the
+    group that has it (metrics accuracy_instance_<i>), and the published numbers dashed
+    (params.yaml references of those experiments): Santoro et al. 2016, Figure 2."""
+    series: dict[str, list[tuple[float, float, float]]] = {}
+    for ctx in contexts:
+        path = ctx.metrics_dir / "metrics.json"
+        metrics = json.loads(path.read_text()) if path.exists() else {}
+        by = ctx.experiment.eval.by_instance
+        if by is not None and f"accuracy_instance_{by.instances[0]}" in metrics:
+            series[ctx.experiment.name] = [
+                (i, metrics[f"accuracy_instance_{i}"], metrics[f"accuracy_instance_{i}_ci95"])
+                for i in by.instances
+            ]
+    if not series:
+        return []
+    references = {}
+    for name, refs in load_params().references.items():
+        points = [(int(r.metric.rsplit("_", 1)[1]), r.value) for r in refs
+                  if name in series and r.metric.startswith("accuracy_instance_")]  # fmt: skip
+        if points:
+            references[f"{name}, published ({refs[0].source})"] = sorted(points)
+    return [
+        save_interval_curves(
+            series,
+            out_dir / "accuracy_by_instance.png",
+            f"{title}: accuracy by instance on fixed test sequences (± 95% CI)",
+            "instance (presentation of a class)",
+            "accuracy",
+            references,
         )
     ]
 

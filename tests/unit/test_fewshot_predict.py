@@ -31,7 +31,8 @@ from hypermeta.methods.protonet import PrototypicalNetwork
 # answers depend on the whole support set) and the Relation Network's relation scores; and
 # the Siamese network, whose answers are each class's most similar support image; and
 # SNAIL, whose answers come from attending over the labelled support sequence; and
-# the LSTM meta-learner, whose answers come from a learned optimizer's updates.
+# the LSTM meta-learner, whose answers come from a learned optimizer's updates; and Meta
+# Networks, whose answers come from fast weights generated from the support gradients.
 MODELS = {
     "protonet": {"hidden": 16},
     "matching": {"hidden": 8, "fce": True},
@@ -43,6 +44,7 @@ MODELS = {
     "siamese": {"hidden": 8, "features": 16},
     "snail": {"n_way": 5, "hidden": 8, "width": 0.25},
     "lstm_meta_learner": {"n_way": 5, "width": 8, "inner_steps": 2},
+    "metanet": {"n_way": 5, "width": 8, "depth": 3},
 }
 # Transductive is the strictest case (every query's answer depends on the whole episode);
 # the tests that need just some trained model share this one.
@@ -124,6 +126,7 @@ def predict_csv(model_dir, folders, out) -> list[dict[str, str]]:
     ("siamese", "running_stats"),
     ("snail", "running_stats"),
     ("lstm_meta_learner", "transductive"),
+    ("metanet", "per_query"),
 )
 def test_predict_gives_the_evaluators_answers_on_the_same_episode(trained, tmp_path):
     ctx = trained

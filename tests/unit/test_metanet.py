@@ -149,12 +149,16 @@ def test_the_meta_gradient_reaches_the_slow_weights_and_the_meta_learner():
 
 
 def test_the_head_takes_fewer_ways_by_its_first_columns_and_refuses_more():
-    model = small_metanet()
-    few = Episodes(*(t[:, :3] for t in (episodes().support_x, episodes().support_y)),
-                   episodes().query_x, episodes().query_y % 3, 3)  # fmt: skip
+    model, e = small_metanet(), episodes()
+    few = Episodes(e.support_x[:, :3], e.support_y[:, :3], e.query_x, e.query_y % 3, 3)
     assert model.test_logits(few).shape == (2, 4, 3)
-    six = Episodes(torch.zeros(1, 6, 1, 16, 16), torch.arange(6)[None],
-                   torch.zeros(1, 1, 1, 16, 16), torch.zeros(1, 1, dtype=torch.long), 6)  # fmt: skip
+    six = Episodes(
+        torch.zeros(1, 6, 1, 16, 16, dtype=torch.float64),
+        torch.arange(6)[None],
+        torch.zeros(1, 1, 1, 16, 16, dtype=torch.float64),
+        torch.zeros(1, 1, dtype=torch.long),
+        6,
+    )
     with pytest.raises(HypermetaError, match="at most 5 classes"):
         model.test_logits(six)
 

@@ -15,6 +15,7 @@ from fewshot_helpers import (
 )
 from maml_helpers import IMAGES, build, prototype_episodes
 from torch import nn
+from torch.func import functional_call
 from torch.nn import functional as F
 
 from hypermeta.data.episodes import Episodes
@@ -104,6 +105,23 @@ def test_a_query_is_answered_from_the_support_set_and_itself_alone():
     assert not torch.allclose(moved[:, 1:], logits[:, 1:])
     relabelled = Episodes(e.support_x, e.support_y, e.query_x, (e.query_y + 1) % 5, 5)
     assert torch.equal(model.test_logits(relabelled), logits)  # query labels never read
+
+
+def test_the_meta_information_is_each_support_examples_own_loss_gradient():
+    model, e = small_metanet(), episodes()
+    x, y = e.support_x[0], e.support_y[0]
+    gradients = model.example_gradients(x, y, 5)
+    slow = {n: p.detach() for n, p in model.base.target.named_parameters()}
+    fast = {
+        n: torch.zeros(s, dtype=torch.float64)
+        for n, s in model.base.generator.target_shapes.items()
+    }
+    for i in range(len(x)):
+        params = {n: p.clone().requires_grad_() for n, p in slow.items()}
+        logits = functional_call(model.base.target, params | fast, (x[i : i + 1],))
+        alone = torch.autograd.grad(F.cross_entropy(logits, y[i : i + 1]), list(params.values()))
+        for name, g in zip(params, alone, strict=True):
+            torch.testing.assert_close(gradients[name.removesuffix("slow") + "fast"][i], g)
 
 
 def slow_base_logits(model: MetaNetwork, x: torch.Tensor) -> torch.Tensor:

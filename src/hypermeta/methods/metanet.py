@@ -26,7 +26,11 @@ gradients and the attention, `per_example` (each query runs with its own fast we
 One choice of ours: each generator's output is measured from its output at a zero
 gradient (m(g) − m(0), and d likewise), so without meta-information there are no fast
 weights and the learner is exactly its slow networks (tested); the authors' generators
-give some constant fast weights there. No batch norm (as the authors' Omniglot network):
+give some constant fast weights there. Also ours, for a net without biases or batch norm
+to train at all: He-initialised slow weights (nn/augmented.py), and the generators' last
+layers and b's slow output layer start at zero (no fast weights, zero logits: a random
+slow output, noise under labels re-drawn per episode, was otherwise silenced by killing
+the ReLUs below it, and training stayed at chance). No batch norm (as the authors' net):
 a query's answer depends on the support set and itself only, the `per_query` regime.
 """
 

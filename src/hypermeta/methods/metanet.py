@@ -27,10 +27,12 @@ One choice of ours: each generator's output is measured from its output at a zer
 gradient (m(g) − m(0), and d likewise), so without meta-information there are no fast
 weights and the learner is exactly its slow networks (tested); the authors' generators
 give some constant fast weights there. Also ours, for a net without biases or batch norm
-to train at all: He-initialised slow weights (nn/augmented.py), and the generators' last
-layers and b's slow output layer start at zero (no fast weights, zero logits: a random
-slow output, noise under labels re-drawn per episode, was otherwise silenced by killing
-the ReLUs below it, and training stayed at chance). No batch norm (as the authors' net):
+to train at all: He-initialised slow weights (nn/augmented.py), and b's slow output layer
+starts at zero (zero slow logits: a random slow output, noise under labels re-drawn per
+episode, was otherwise silenced by killing the ReLUs below it, and training stayed at
+chance). The generators are not zero at first: a fast branch of exactly zero weights
+passes no gradient through its ReLU (relu'(0) = 0) and would stay zero. No batch norm (as
+the authors' net):
 a query's answer depends on the support set and itself only, the `per_query` regime.
 """
 
@@ -119,7 +121,6 @@ class CoordinateMLP(nn.Module):
             nn.Linear(2, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
             nn.Linear(hidden, 1, bias=False),  # a bias would cancel out
         )  # fmt: skip
-        nn.init.zeros_(self.net[-1].weight)  # no fast weights at first: the slow networks
 
     def forward(self, gradient: torch.Tensor) -> torch.Tensor:
         inputs = log_and_sign(torch.cat([gradient.flatten(), gradient.new_zeros(1)]), self.k)
@@ -137,7 +138,6 @@ class CoordinateLSTM(nn.Module):
         self.k = k
         self.cell = nn.LSTMCell(2, hidden)
         self.out = nn.Linear(hidden, 1, bias=False)  # a bias would cancel out
-        nn.init.zeros_(self.out.weight)  # no fast weights at first: the slow networks
 
     def forward(self, gradients: list[torch.Tensor]) -> torch.Tensor:
         state = None
@@ -324,6 +324,17 @@ class MetaNetwork(FewShotLearner):
             )
         tasks = zip(episodes.support_x, episodes.support_y, episodes.query_x, strict=True)
         return torch.stack([self.task_logits(*task, episodes.n_way) for task in tasks])
+
+    def generated_filters(self, episodes: Episodes) -> torch.Tensor:
+        """(B, out, in, 3, 3): u's task-level fast kernel of its first conv block per episode."""
+        first = self.representation.target.fast_names[0]
+        tasks = zip(episodes.support_x, episodes.support_y, strict=True)
+        return torch.stack(
+            [
+                self.representation.generator(self.chunk_gradients(x, y, episodes.n_way))[first]
+                for x, y in tasks
+            ]
+        )
 
     def test_logits(self, episodes: Episodes) -> torch.Tensor:
         # the meta-information's gradients enable autograd for themselves alone

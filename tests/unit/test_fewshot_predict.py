@@ -31,8 +31,9 @@ from hypermeta.methods.protonet import PrototypicalNetwork
 # answers depend on the whole support set) and the Relation Network's relation scores; and
 # the Siamese network, whose answers are each class's most similar support image; and
 # SNAIL, whose answers come from attending over the labelled support sequence; and
-# the LSTM meta-learner, whose answers come from a learned optimizer's updates; and MANN,
-# whose answers come from its memory after reading the labelled support sequence.
+# the LSTM meta-learner, whose answers come from a learned optimizer's updates; MANN,
+# whose answers come from its memory after reading the labelled support sequence; and Meta
+# Networks, whose answers come from fast weights generated from the support gradients.
 MODELS = {
     "protonet": {"hidden": 16},
     "matching": {"hidden": 8, "fce": True},
@@ -45,6 +46,7 @@ MODELS = {
     "snail": {"n_way": 5, "hidden": 8, "width": 0.25},
     "lstm_meta_learner": {"n_way": 5, "width": 8, "inner_steps": 2},
     "mann": {"n_way": 5, "controller": 16, "slots": 8, "slot_size": 8, "read_heads": 2},
+    "metanet": {"n_way": 5, "width": 8, "depth": 3},
 }
 # Transductive is the strictest case (every query's answer depends on the whole episode);
 # the tests that need just some trained model share this one.
@@ -127,6 +129,7 @@ def predict_csv(model_dir, folders, out) -> list[dict[str, str]]:
     ("snail", "running_stats"),
     ("lstm_meta_learner", "transductive"),
     ("mann", "per_query"),
+    ("metanet", "per_query"),
 )
 def test_predict_gives_the_evaluators_answers_on_the_same_episode(trained, tmp_path):
     ctx = trained

@@ -138,3 +138,22 @@ def test_a_conditioned_generator_runs_through_generated_model_with_exact_gradien
     weights = effective_parameters(model, condition)
     assert weights.keys() == {"weight", "bias"}
     assert torch.equal(weights["weight"], generator(condition)["weight"].detach())
+
+
+def test_per_example_generated_weights_run_each_input_row_with_its_own_set():
+    torch.manual_seed(0)
+    target = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+    target = target.double()
+    generator = VectorConditioned(take_parameters(target, ["0.weight"]), 4).double()
+
+    class PerRow(WeightGenerator):  # one kernel per row of the condition
+        def forward(self, condition):
+            return {"0.weight": torch.stack([generator(c)["0.weight"] for c in condition])}
+
+    model = GeneratedModel(target, PerRow(generator.target_shapes), per_example=True)
+    x = torch.randn(5, 1, 4, 4, dtype=torch.double)
+    conditions = torch.randn(5, 4, dtype=torch.double)
+    rows = model(x, condition=conditions)
+    for i in range(5):
+        alone = GeneratedModel(target, generator)(x[i : i + 1], condition=conditions[i])
+        torch.testing.assert_close(rows[i], alone[0])

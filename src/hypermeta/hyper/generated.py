@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call
+from torch.func import functional_call, vmap
 
 
 def target_shapes(module: nn.Module, names: Iterable[str] | None = None) -> dict[str, torch.Size]:
@@ -64,15 +64,22 @@ class GeneratedModel(nn.Module):
     `model(*inputs, condition=c)` runs `target(*inputs)` with the weights `generator(c)`;
     a generator that takes no condition is called with None, so `model(x)` suffices.
     `residual`: the target keeps the generated names as learned base weights (they were
-    not taken) and computes with base + generated."""
+    not taken) and computes with base + generated. `per_example`: the generator gives one
+    set of tensors per input row (a leading dimension on each), and row i of the inputs
+    runs with set i (Meta Networks' fast weights, read from memory for each query)."""
 
     def __init__(
-        self, target: nn.Module, generator: WeightGenerator, residual: bool = False
+        self,
+        target: nn.Module,
+        generator: WeightGenerator,
+        residual: bool = False,
+        per_example: bool = False,
     ) -> None:
         super().__init__()
         self.target = target
         self.generator = generator
         self.residual = residual
+        self.per_example = per_example
 
     def weights(self, condition: Any = None) -> dict[str, torch.Tensor]:
         """The tensors swapped into the target under `condition`."""
@@ -83,7 +90,15 @@ class GeneratedModel(nn.Module):
         return {name: own[name] + delta for name, delta in generated.items()}
 
     def forward(self, *inputs: torch.Tensor, condition: Any = None) -> torch.Tensor:
-        return functional_call(self.target, self.weights(condition), inputs)
+        weights = self.weights(condition)
+        if not self.per_example:
+            return functional_call(self.target, weights, inputs)
+
+        def one_row(row_weights: dict[str, torch.Tensor], *row: torch.Tensor) -> torch.Tensor:
+            batch = tuple(x.unsqueeze(0) for x in row)
+            return functional_call(self.target, row_weights, batch).squeeze(0)
+
+        return vmap(one_row)(weights, *inputs)
 
 
 def effective_parameters(model: nn.Module, condition: Any = None) -> dict[str, torch.Tensor]:

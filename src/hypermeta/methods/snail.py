@@ -117,19 +117,40 @@ class AttentionBlock(nn.Module):
         return self.project(x).split([self.key_size, self.key_size, self.value_size], -1)
 
     def forward(self, steps: Steps) -> Steps:
+        return self.attend(steps)[0]
+
+    def attend(self, steps: Steps) -> tuple[Steps, torch.Tensor]:
+        """The block's output and its attention weights over the episode's steps,
+        (B, S + Q, S + Q), the support steps first: row i is what step i reads from step
+        j, zero for j > i and between queries (`episode_weights`)."""
         prefix, query = steps
         scale = 1 / math.sqrt(self.key_size)
         q_p, k_p, v_p = self.split(prefix)
-        steps = prefix.shape[1]
-        future = torch.ones(steps, steps, dtype=torch.bool, device=prefix.device).triu(1)
+        length = prefix.shape[1]
+        future = torch.ones(length, length, dtype=torch.bool, device=prefix.device).triu(1)
         scores = (q_p @ k_p.transpose(1, 2) * scale).masked_fill(future, -math.inf)
-        read_prefix = scores.softmax(-1) @ v_p
+        prefix_weights = scores.softmax(-1)
+        read_prefix = prefix_weights @ v_p
         q_q, k_q, v_q = self.split(query)
         to_prefix = q_q @ k_p.transpose(1, 2) * scale  # (B, Q, S)
         to_itself = (q_q * k_q).sum(-1, keepdim=True) * scale  # never another query
         weights = torch.cat([to_prefix, to_itself], -1).softmax(-1)
         read_query = weights[..., :-1] @ v_p + weights[..., -1:] * v_q
-        return torch.cat([prefix, read_prefix], -1), torch.cat([query, read_query], -1)
+        out = torch.cat([prefix, read_prefix], -1), torch.cat([query, read_query], -1)
+        return out, episode_weights(prefix_weights, weights)
+
+
+def episode_weights(prefix_weights: torch.Tensor, query_weights: torch.Tensor) -> torch.Tensor:
+    """(B, S + Q, S + Q) attention weights of an episode from the support steps' own
+    (B, S, S) and the queries' (B, Q, S + 1), over the support steps then the query
+    itself: each query row holds its weights on the support columns and its own."""
+    batch, support = prefix_weights.shape[:2]
+    total = support + query_weights.shape[1]
+    full = prefix_weights.new_zeros(batch, total, total)
+    full[:, :support, :support] = prefix_weights
+    full[:, support:, :support] = query_weights[..., :-1]
+    full[:, support:, support:] = torch.diag_embed(query_weights[..., -1])
+    return full
 
 
 class SNAIL(FewShotLearner):
@@ -173,6 +194,23 @@ class SNAIL(FewShotLearner):
         return self.feature_logits(embedded_per_episode(self.encoder, episodes))
 
     def feature_logits(self, episodes: Episodes) -> torch.Tensor:
+        _, out = self.sequence(self.inputs(episodes))
+        return self.head(out)[..., : episodes.n_way]
+
+    def attention_maps(self, episodes: Episodes) -> list[torch.Tensor]:
+        steps = self.inputs(embedded_per_episode(self.encoder, episodes))
+        maps = []
+        for block in self.blocks:
+            if isinstance(block, AttentionBlock):
+                steps, weights = block.attend(steps)
+                maps.append(weights)
+            else:
+                steps = block(steps)
+        return maps
+
+    def inputs(self, episodes: Episodes) -> Steps:
+        """The first block's input from episodes of features: support steps (shuffled in
+        training) with their one-hot labels, queries with a zero label."""
         if episodes.n_way > self.max_way:
             raise HypermetaError(
                 f"this model was built for at most {self.max_way} classes and cannot take "
@@ -190,8 +228,7 @@ class SNAIL(FewShotLearner):
             prefix = prefix.gather(1, order.unsqueeze(-1).expand_as(prefix))
         blank = episodes.query_x.new_zeros(*episodes.query_x.shape[:2], self.max_way)
         query = torch.cat([episodes.query_x, blank], -1)  # the query's own label: unseen
-        _, out = self.sequence((prefix, query))
-        return self.head(out)[..., : episodes.n_way]
+        return prefix, query
 
     def test_logits(self, episodes: Episodes) -> torch.Tensor:
         with torch.no_grad():

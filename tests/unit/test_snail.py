@@ -128,7 +128,8 @@ def test_attention_maps_are_the_weights_the_blocks_read_with():
     episodes = episodes_of(model, 5, 1, queries=4)
     with torch.no_grad():
         maps = model.attention_maps(episodes)
-        prefix, query = model.inputs(embedded_per_episode(model.encoder, episodes))
+        embedded = embedded_per_episode(model.encoder, episodes)
+        prefix, query = model.inputs(embedded, model.label_slots(embedded))
         attention = model.blocks[0]
         values = attention.split(torch.cat([prefix, query], 1))[2]
         read = maps[0] @ values  # each step's read, from the map alone
@@ -183,6 +184,31 @@ def test_visualize_draws_the_attention_maps_of_a_test_episode(tmp_path, data_dir
     paths = FewShotPlotter().visualize(ctx)
     assert [p.name for p in paths][-1] == "attention_maps.png"
     assert paths[-1].stat().st_size > 0
+
+
+def test_training_draws_each_episodes_label_slots_among_the_heads_columns():
+    model = small_snail(n_way=20).train()
+    episodes = episodes_of(model, 5, 1, queries=4)
+    drawn = []
+    for iteration in range(10):
+        model.on_iteration(iteration, 10)
+        drawn += model.label_slots(episodes).tolist()
+    assert all(len(set(row)) == 5 and set(row) <= set(range(20)) for row in drawn)
+    assert max(max(row) for row in drawn) >= 5 and len({tuple(row) for row in drawn}) > 1
+    assert torch.equal(model.eval().label_slots(episodes), torch.arange(5).expand(2, 5))
+
+
+def test_a_class_slot_is_both_its_label_input_and_its_answer_column():
+    model = small_snail(n_way=20).train()
+    episodes = episodes_of(model, 5, 1, queries=4)
+    with torch.no_grad():
+        model.on_iteration(1, 10)
+        logits = model.query_logits(episodes)
+        model.on_iteration(1, 10)  # the same draws again: slots, then the support order
+        embedded = embedded_per_episode(model.encoder, episodes)
+        slots = model.label_slots(embedded)
+        _, out = model.sequence(model.inputs(embedded, slots))
+    assert torch.allclose(logits, model.head(out).gather(-1, slots[:, None].expand(2, 4, 5)))
 
 
 def test_training_shuffles_the_support_steps_reproducibly_per_iteration():

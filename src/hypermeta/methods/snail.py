@@ -155,8 +155,9 @@ def episode_weights(prefix_weights: torch.Tensor, query_weights: torch.Tensor) -
 
 class SNAIL(FewShotLearner):
     """Conv-4 embeddings with labels, through the paper's Omniglot blocks to an
-    `n_way`-way head (`max_way`; episodes with fewer ways use its first columns); training
-    shuffles each task's support steps (seeded by the meta-iteration). Batch
+    `n_way`-way head (`max_way`; episodes with fewer ways use its first columns at
+    meta-test); training shuffles each task's support steps and draws its classes' label
+    slots among the head's columns (both seeded by the meta-iteration). Batch
     norm as ProtoNet's: per episode in training, transductive or running statistics at
     meta-test, where the encoder embeds each test image once (`image_encoder`)."""
 
@@ -194,11 +195,31 @@ class SNAIL(FewShotLearner):
         return self.feature_logits(embedded_per_episode(self.encoder, episodes))
 
     def feature_logits(self, episodes: Episodes) -> torch.Tensor:
-        _, out = self.sequence(self.inputs(episodes))
-        return self.head(out)[..., : episodes.n_way]
+        slots = self.label_slots(episodes)
+        _, out = self.sequence(self.inputs(episodes, slots))
+        logits = self.head(out)
+        return logits.gather(-1, slots.unsqueeze(1).expand(-1, logits.shape[1], -1))
+
+    def label_slots(self, episodes: Episodes) -> torch.Tensor:
+        """(B, N): the label input and head column of each of an episode's classes. At
+        meta-test the first N; in training N of the head's `max_way` drawn afresh per
+        episode, so every column learns, and a model trained on 5-way episodes reads
+        and answers 20 labels (the same mechanism, more columns)."""
+        if episodes.n_way > self.max_way:
+            raise HypermetaError(
+                f"this model was built for at most {self.max_way} classes and cannot take "
+                f"{episodes.n_way}; use at most {self.max_way} classes or a model trained "
+                f"with model.n_way: {episodes.n_way}."
+            )
+        tasks = episodes.support_y.shape[0]
+        if not self.training:
+            return torch.arange(episodes.n_way, device=episodes.support_y.device).expand(tasks, -1)
+        draw = torch.rand(tasks, self.max_way, generator=self.order or torch.Generator())
+        return draw.argsort(1)[:, : episodes.n_way].to(episodes.support_y.device)
 
     def attention_maps(self, episodes: Episodes) -> list[torch.Tensor]:
-        steps = self.inputs(embedded_per_episode(self.encoder, episodes))
+        episodes = embedded_per_episode(self.encoder, episodes)
+        steps = self.inputs(episodes, self.label_slots(episodes))
         maps = []
         for block in self.blocks:
             if isinstance(block, AttentionBlock):
@@ -208,16 +229,11 @@ class SNAIL(FewShotLearner):
                 steps = block(steps)
         return maps
 
-    def inputs(self, episodes: Episodes) -> Steps:
+    def inputs(self, episodes: Episodes, slots: torch.Tensor) -> Steps:
         """The first block's input from episodes of features: support steps (shuffled in
-        training) with their one-hot labels, queries with a zero label."""
-        if episodes.n_way > self.max_way:
-            raise HypermetaError(
-                f"this model was built for at most {self.max_way} classes and cannot take "
-                f"{episodes.n_way}; use at most {self.max_way} classes or a model trained "
-                f"with model.n_way: {episodes.n_way}."
-            )
-        labels = F.one_hot(episodes.support_y, self.max_way).to(episodes.support_x.dtype)
+        training) with their classes' one-hot label slots, queries with a zero label."""
+        labels = F.one_hot(slots.gather(1, episodes.support_y), self.max_way)
+        labels = labels.to(episodes.support_x.dtype)
         prefix = torch.cat([episodes.support_x, labels], -1)
         if self.training:
             # Episodes list the support set class by class: in a fixed order a sequence

@@ -244,4 +244,47 @@ def save_memory_trace(
         ax.set_yticks(range(len(labels)), [f"{t} ({y})" for t, y in enumerate(labels)], fontsize=5)
         figure.colorbar(image, ax=ax, fraction=0.046)
     figure.suptitle(title, fontsize=10)
+
+
+def save_attention_maps(
+    maps: dict[str, torch.Tensor],
+    rows: list[str],
+    columns: list[str],
+    images: torch.Tensor,
+    path: Path,
+    title: str,
+    caption: str,
+) -> Path:
+    """Attention maps side by side, one per layer: (R, C) weights, row r's on column c,
+    each on its own colour scale from 0. `rows` and `columns` name the steps; `images`
+    (R, 1, H, W), displayable [0, 1], are drawn beside the first map's rows, and the
+    first `len(columns) - 1` of them under the columns (the last column: no image)."""
+    from matplotlib.colors import Normalize
+    from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+
+    count, (height, width) = len(maps), maps[next(iter(maps))].shape
+    figure, axes = pyplot().subplots(
+        1, count, figsize=(0.42 * width * count + 1.8 * count + 1, 0.42 * height + 1.8)
+    )
+    axes = [axes] if count == 1 else list(axes)
+
+    def thumbnail(ax: Axes, image: torch.Tensor, at: tuple[float, float], offset) -> None:
+        box = OffsetImage(image[0].cpu().numpy(), cmap="gray_r", norm=Normalize(0, 1), zoom=0.5)
+        ax.add_artist(AnnotationBbox(box, at, xybox=offset, boxcoords="offset points",
+                                     frameon=False, annotation_clip=False))  # fmt: skip
+
+    for index, (ax, (name, weights)) in enumerate(zip(axes, maps.items(), strict=True)):
+        weights = weights.float().cpu()
+        shown = ax.imshow(weights, cmap="viridis", vmin=0, vmax=weights.max().item())
+        figure.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks(range(width), columns, rotation=90, fontsize=6)
+        ax.set_yticks(range(height), rows if index == 0 else [""] * height, fontsize=6)
+        for column in range(width - 1):
+            thumbnail(ax, images[column], (column, height - 0.5), (0, -42))
+        if index == 0:
+            for row in range(height):
+                thumbnail(ax, images[row], (-0.5, row), (-42, 0))
+    figure.suptitle(title, fontsize=10)
+    figure.text(0.5, -0.04, caption, ha="center", va="top", fontsize=7, wrap=True)
     return _save(figure, path)

@@ -45,6 +45,13 @@ def test_the_paper_initialises_forget_near_one_and_the_input_gate_small():
         assert gate.weight.abs().max() <= 0.01
 
 
+def test_input_gate_bias_sets_the_range_of_the_first_step_size():
+    model = build("lstm_meta_learner", IMAGES, n_way=3, width=4, input_gate_bias=[-2.5, -2.0])
+    bias = model.parameter_cell.input_gate.bias.item()
+    assert -2.5 <= bias <= -2.0  # a first step size σ(b_I) of about 0.1
+    assert 4.0 <= model.parameter_cell.forget_gate.bias.item() <= 6.0  # unchanged
+
+
 @pytest.mark.parametrize("vectorize", [True, False])
 def test_with_forget_gate_one_and_input_gate_alpha_a_step_is_gradient_descent(vectorize):
     """Gate weights zero, b_F so large that σ(b_F) is 1 in float64, σ(b_I) = α: the

@@ -1,6 +1,8 @@
 """SNAIL: causal masks (no step sees a later one), the query's own label and the other
-queries unseen, TC depth ⌈log₂ T⌉ with dilations 1, 2, 4, …, the fixed-size head, and
-learning omniglot_small 5-way 1-shot far above chance through the engine."""
+queries unseen, TC depth ⌈log₂ T⌉ with dilations 1, 2, 4, …, the fixed-size head, the
+attention maps (causal, rows summing to 1, the weights the blocks read with, drawn by the
+visualize stage), and learning omniglot_small 5-way 1-shot far above chance through the
+engine."""
 
 from __future__ import annotations
 
@@ -11,8 +13,10 @@ from fewshot_helpers import fewshot_experiment, prepared_omniglot_small, stage_c
 from hypermeta.data.episodes import Episodes
 from hypermeta.engine.fewshot import FewShotEngine
 from hypermeta.errors import HypermetaError
+from hypermeta.methods.fewshot_base import embedded_per_episode
 from hypermeta.methods.snail import SNAIL, TCBlock, tc_depth
 from hypermeta.nn.conv4 import Conv4
+from hypermeta.plots.fewshot import FewShotPlotter
 
 
 def small_snail(n_way: int = 5, k_shot: int = 1) -> SNAIL:
@@ -104,6 +108,36 @@ def test_the_head_takes_fewer_ways_by_its_first_columns_and_refuses_more():
         small_snail(n_way=5).query_logits(episodes_of(model, 6, 1, queries=3))
 
 
+def test_attention_maps_are_causal_distributions_that_a_query_shares_with_no_other():
+    model = small_snail()
+    episodes = episodes_of(model, 5, 1, queries=4)
+    with torch.no_grad():
+        maps = model.attention_maps(episodes)
+    assert len(maps) == 3  # the paper's three attention blocks
+    for weights in maps:
+        assert weights.shape == (2, 9, 9)
+        assert torch.allclose(weights.sum(-1), torch.ones(2, 9, dtype=torch.float64))
+        assert torch.equal(weights.triu(1), torch.zeros_like(weights))  # no later step
+        queries = weights[:, 5:, 5:]
+        assert torch.equal(queries, torch.diag_embed(queries.diagonal(dim1=1, dim2=2)))
+        assert (weights.diagonal(dim1=1, dim2=2) > 0).all()  # each step reads itself
+
+
+def test_attention_maps_are_the_weights_the_blocks_read_with():
+    model = small_snail()
+    episodes = episodes_of(model, 5, 1, queries=4)
+    with torch.no_grad():
+        maps = model.attention_maps(episodes)
+        embedded = embedded_per_episode(model.encoder, episodes)
+        prefix, query = model.inputs(embedded, model.label_slots(embedded))
+        attention = model.blocks[0]
+        values = attention.split(torch.cat([prefix, query], 1))[2]
+        read = maps[0] @ values  # each step's read, from the map alone
+        out_prefix, out_query = attention((prefix, query))
+    assert torch.allclose(read[:, :5], out_prefix[..., -attention.value_size :])
+    assert torch.allclose(read[:, 5:], out_query[..., -attention.value_size :])
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     return prepared_omniglot_small(tmp_path_factory.mktemp("omniglot"))
@@ -131,6 +165,50 @@ def test_snail_learns_omniglot_small_five_way_one_shot(tmp_path, data_dir):
     # chance is 20% (measured: 62.8%); a broken mask, label input or head stays near chance
     assert metrics["accuracy_5way_1shot"] >= 0.5, metrics
     assert 0 < metrics["accuracy_5way_1shot_ci95"] < 0.06
+
+
+def test_visualize_draws_the_attention_maps_of_a_test_episode(tmp_path, data_dir):
+    torch.set_num_threads(1)
+    exp = fewshot_experiment(
+        {
+            "method": "snail",
+            "model": {"n_way": 5, "k_shot": 1, "hidden": 8, "width": 0.25},
+            "train": {"n_way": 5, "k_shot": 1, "query": 2, "meta_batch": 2, "iterations": 2,
+                      "val_every": 2, "val_episodes": 2, "device": "cpu"},
+            "eval": {"batchnorm": "running_stats", "episodes": 4,
+                     "settings": [{"n_way": 5, "k_shot": 1}]},
+        }
+    )  # fmt: skip
+    ctx = stage_context(exp, data_dir, tmp_path)
+    FewShotEngine().train(ctx)
+    paths = FewShotPlotter().visualize(ctx)
+    assert [p.name for p in paths][-1] == "attention_maps.png"
+    assert paths[-1].stat().st_size > 0
+
+
+def test_training_draws_each_episodes_label_slots_among_the_heads_columns():
+    model = small_snail(n_way=20).train()
+    episodes = episodes_of(model, 5, 1, queries=4)
+    drawn = []
+    for iteration in range(10):
+        model.on_iteration(iteration, 10)
+        drawn += model.label_slots(episodes).tolist()
+    assert all(len(set(row)) == 5 and set(row) <= set(range(20)) for row in drawn)
+    assert max(max(row) for row in drawn) >= 5 and len({tuple(row) for row in drawn}) > 1
+    assert torch.equal(model.eval().label_slots(episodes), torch.arange(5).expand(2, 5))
+
+
+def test_a_class_slot_is_both_its_label_input_and_its_answer_column():
+    model = small_snail(n_way=20).train()
+    episodes = episodes_of(model, 5, 1, queries=4)
+    with torch.no_grad():
+        model.on_iteration(1, 10)
+        logits = model.query_logits(episodes)
+        model.on_iteration(1, 10)  # the same draws again: slots, then the support order
+        embedded = embedded_per_episode(model.encoder, episodes)
+        slots = model.label_slots(embedded)
+        _, out = model.sequence(model.inputs(embedded, slots))
+    assert torch.allclose(logits, model.head(out).gather(-1, slots[:, None].expand(2, 4, 5)))
 
 
 def test_training_shuffles_the_support_steps_reproducibly_per_iteration():

@@ -74,9 +74,10 @@ class FewShotLearner(nn.Module, ABC):
     - Figures (plots/fewshot.py, the visualize stage): optional hooks, each None by
       default meaning "not supported", called inside `meta_test` under no_grad:
       `task_codes` (a code per episode, drawn in 2-D by PCA), `generated_head` and
-      `generated_filters` (generated weights of two test tasks side by side), and
-      `with_inner_steps` (accuracy against the number of inner steps, also the eval
-      option `eval.inner_steps_sweep`).
+      `generated_filters` (generated weights of two test tasks side by side),
+      `attention_maps` (which earlier step each step of a test episode attends to, per
+      attention layer), and `with_inner_steps` (accuracy against the number of inner
+      steps, also the eval option `eval.inner_steps_sweep`).
     """
 
     max_way: int | None = None
@@ -112,6 +113,13 @@ class FewShotLearner(nn.Module, ABC):
 
     def generated_filters(self, episodes: Episodes) -> torch.Tensor | None:
         """(B, out, in, kh, kw): a conv kernel as generated for each episode, or None."""
+        return None
+
+    def attention_maps(self, episodes: Episodes) -> list[torch.Tensor] | None:
+        """Per attention layer, (B, S + Q, S + Q): the weight each step of an episode read
+        as a sequence (the S support steps, then the Q queries, each query after the
+        support set alone) gives each step, rows summing to 1, zero on later steps; or
+        None for a learner without attention over the episode."""
         return None
 
     def with_inner_steps(self, steps: int) -> AbstractContextManager[None] | None:

@@ -117,25 +117,47 @@ class AttentionBlock(nn.Module):
         return self.project(x).split([self.key_size, self.key_size, self.value_size], -1)
 
     def forward(self, steps: Steps) -> Steps:
+        return self.attend(steps)[0]
+
+    def attend(self, steps: Steps) -> tuple[Steps, torch.Tensor]:
+        """The block's output and its attention weights over the episode's steps,
+        (B, S + Q, S + Q), the support steps first: row i is what step i reads from step
+        j, zero for j > i and between queries (`episode_weights`)."""
         prefix, query = steps
         scale = 1 / math.sqrt(self.key_size)
         q_p, k_p, v_p = self.split(prefix)
-        steps = prefix.shape[1]
-        future = torch.ones(steps, steps, dtype=torch.bool, device=prefix.device).triu(1)
+        length = prefix.shape[1]
+        future = torch.ones(length, length, dtype=torch.bool, device=prefix.device).triu(1)
         scores = (q_p @ k_p.transpose(1, 2) * scale).masked_fill(future, -math.inf)
-        read_prefix = scores.softmax(-1) @ v_p
+        prefix_weights = scores.softmax(-1)
+        read_prefix = prefix_weights @ v_p
         q_q, k_q, v_q = self.split(query)
         to_prefix = q_q @ k_p.transpose(1, 2) * scale  # (B, Q, S)
         to_itself = (q_q * k_q).sum(-1, keepdim=True) * scale  # never another query
         weights = torch.cat([to_prefix, to_itself], -1).softmax(-1)
         read_query = weights[..., :-1] @ v_p + weights[..., -1:] * v_q
-        return torch.cat([prefix, read_prefix], -1), torch.cat([query, read_query], -1)
+        out = torch.cat([prefix, read_prefix], -1), torch.cat([query, read_query], -1)
+        return out, episode_weights(prefix_weights, weights)
+
+
+def episode_weights(prefix_weights: torch.Tensor, query_weights: torch.Tensor) -> torch.Tensor:
+    """(B, S + Q, S + Q) attention weights of an episode from the support steps' own
+    (B, S, S) and the queries' (B, Q, S + 1), over the support steps then the query
+    itself: each query row holds its weights on the support columns and its own."""
+    batch, support = prefix_weights.shape[:2]
+    total = support + query_weights.shape[1]
+    full = prefix_weights.new_zeros(batch, total, total)
+    full[:, :support, :support] = prefix_weights
+    full[:, support:, :support] = query_weights[..., :-1]
+    full[:, support:, support:] = torch.diag_embed(query_weights[..., -1])
+    return full
 
 
 class SNAIL(FewShotLearner):
     """Conv-4 embeddings with labels, through the paper's Omniglot blocks to an
-    `n_way`-way head (`max_way`; episodes with fewer ways use its first columns); training
-    shuffles each task's support steps (seeded by the meta-iteration). Batch
+    `n_way`-way head (`max_way`; episodes with fewer ways use its first columns at
+    meta-test); training shuffles each task's support steps and draws its classes' label
+    slots among the head's columns (both seeded by the meta-iteration). Batch
     norm as ProtoNet's: per episode in training, transductive or running statistics at
     meta-test, where the encoder embeds each test image once (`image_encoder`)."""
 
@@ -173,13 +195,45 @@ class SNAIL(FewShotLearner):
         return self.feature_logits(embedded_per_episode(self.encoder, episodes))
 
     def feature_logits(self, episodes: Episodes) -> torch.Tensor:
+        slots = self.label_slots(episodes)
+        _, out = self.sequence(self.inputs(episodes, slots))
+        logits = self.head(out)
+        return logits.gather(-1, slots.unsqueeze(1).expand(-1, logits.shape[1], -1))
+
+    def label_slots(self, episodes: Episodes) -> torch.Tensor:
+        """(B, N): the label input and head column of each of an episode's classes. At
+        meta-test the first N; in training N of the head's `max_way` drawn afresh per
+        episode, so every column learns, and a model trained on 5-way episodes reads
+        and answers 20 labels (the same mechanism, more columns)."""
         if episodes.n_way > self.max_way:
             raise HypermetaError(
                 f"this model was built for at most {self.max_way} classes and cannot take "
                 f"{episodes.n_way}; use at most {self.max_way} classes or a model trained "
                 f"with model.n_way: {episodes.n_way}."
             )
-        labels = F.one_hot(episodes.support_y, self.max_way).to(episodes.support_x.dtype)
+        tasks = episodes.support_y.shape[0]
+        if not self.training:
+            return torch.arange(episodes.n_way, device=episodes.support_y.device).expand(tasks, -1)
+        draw = torch.rand(tasks, self.max_way, generator=self.order or torch.Generator())
+        return draw.argsort(1)[:, : episodes.n_way].to(episodes.support_y.device)
+
+    def attention_maps(self, episodes: Episodes) -> list[torch.Tensor]:
+        episodes = embedded_per_episode(self.encoder, episodes)
+        steps = self.inputs(episodes, self.label_slots(episodes))
+        maps = []
+        for block in self.blocks:
+            if isinstance(block, AttentionBlock):
+                steps, weights = block.attend(steps)
+                maps.append(weights)
+            else:
+                steps = block(steps)
+        return maps
+
+    def inputs(self, episodes: Episodes, slots: torch.Tensor) -> Steps:
+        """The first block's input from episodes of features: support steps (shuffled in
+        training) with their classes' one-hot label slots, queries with a zero label."""
+        labels = F.one_hot(slots.gather(1, episodes.support_y), self.max_way)
+        labels = labels.to(episodes.support_x.dtype)
         prefix = torch.cat([episodes.support_x, labels], -1)
         if self.training:
             # Episodes list the support set class by class: in a fixed order a sequence
@@ -190,8 +244,7 @@ class SNAIL(FewShotLearner):
             prefix = prefix.gather(1, order.unsqueeze(-1).expand_as(prefix))
         blank = episodes.query_x.new_zeros(*episodes.query_x.shape[:2], self.max_way)
         query = torch.cat([episodes.query_x, blank], -1)  # the query's own label: unseen
-        _, out = self.sequence((prefix, query))
-        return self.head(out)[..., : episodes.n_way]
+        return prefix, query
 
     def test_logits(self, episodes: Episodes) -> torch.Tensor:
         with torch.no_grad():

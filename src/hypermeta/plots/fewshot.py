@@ -4,9 +4,10 @@ and the data split in words; compare: the group's curves together.
 For a learner that implements the figure hooks of fewshot_base.FewShotLearner, also: the
 weights it generates for two test tasks side by side (`generated_head`,
 `generated_filters`), its task codes of the test episodes in 2-D by PCA coloured by
-alphabet (`task_codes`), and accuracy against the number of inner steps
-(`with_inner_steps`, when `eval.inner_steps_sweep` lists counts). For a sequence learner
-with `eval.by_instance`, what each step of the first test sequence reads and writes in its
+alphabet (`task_codes`), its attention over one test episode per attention layer
+(`attention_maps`), and accuracy against the number of inner steps (`with_inner_steps`,
+when `eval.inner_steps_sweep` lists counts). For a sequence learner with
+`eval.by_instance`, what each step of the first test sequence reads and writes in its
 memory (`sequence_trace`); compare draws the group's accuracy by instance on one plot
 (Santoro et al.'s Figure 2) from the evaluate stage's metrics, which the report stage
 already reads, so no experiment needs another's model for it."""
@@ -22,7 +23,7 @@ import torch
 
 from hypermeta.atomic import write_text
 from hypermeta.config import Experiment
-from hypermeta.data.episodes import EpisodeIndex, EpisodeSampler, EpisodeSetting
+from hypermeta.data.episodes import EpisodeIndex, Episodes, EpisodeSampler, EpisodeSetting
 from hypermeta.data.prepare import load_manifest, load_split
 from hypermeta.data.sequences import fixed_sequences, gather_sequences
 from hypermeta.engine.base import StageContext
@@ -40,6 +41,7 @@ from hypermeta.plots import register
 from hypermeta.plots.base import Plotter
 from hypermeta.stats import mean_interval
 from hypermeta.viz import (
+    save_attention_maps,
     save_curves,
     save_episode,
     save_filters,
@@ -94,6 +96,7 @@ class FewShotPlotter(Plotter):
             *task_code_map(ctx, learner, sampler, manifest),
             *inner_steps_curve(ctx, learner, sampler),
             *memory_trace(ctx, learner, sampler),
+            *attention_map_figure(ctx, learner, sampler),
         ]
 
     @staticmethod
@@ -101,12 +104,9 @@ class FewShotPlotter(Plotter):
         """The first test episode of the first evaluated setting, as the model answers it."""
         exp = ctx.experiment
         cfg: FewShotEval = exp.eval
-        setting, _ = first_setting(cfg)
-        index = sampler.fixed_episodes(setting, cfg.episodes, cfg.seed).chunks(1)[0]
-        episodes = sampler.gather(setting, index)
+        setting, episodes, raw = first_episode(cfg, sampler)
         logits = episode_logits(learner, episodes, cfg.batchnorm)
         correct = (logits.argmax(-1) == episodes.query_y)[0].view(setting.n_way, setting.query)
-        raw = sampler.images[index.classes[0].unsqueeze(-1), index.drawings[0]].float() / 255
         return save_episode(
             raw[:, : setting.k_shot],
             raw[:, setting.k_shot :],
@@ -137,6 +137,63 @@ def first_setting(cfg: FewShotEval) -> tuple[EpisodeSetting, str]:
     first = cfg.settings[0]
     setting = EpisodeSetting(first.n_way, first.k_shot, min(cfg.query, 5))
     return setting, f"{first.n_way}-way {first.k_shot}-shot"
+
+
+def first_episode(
+    cfg: FewShotEval, sampler: EpisodeSampler
+) -> tuple[EpisodeSetting, Episodes, torch.Tensor]:
+    """The first fixed test episode of `first_setting`: its setting, the episode (a batch
+    of one) and its images, (N, K + Q, 1, H, W) in [0, 1], supports then queries per class."""
+    setting, _ = first_setting(cfg)
+    index = sampler.fixed_episodes(setting, cfg.episodes, cfg.seed).chunks(1)[0]
+    raw = sampler.images[index.classes[0].unsqueeze(-1), index.drawings[0]].float() / 255
+    return setting, sampler.gather(setting, index), raw
+
+
+def attention_map_figure(
+    ctx: StageContext, learner: FewShotLearner, sampler: EpisodeSampler
+) -> list[Path]:
+    """The first test episode's attention maps, one per attention layer: the weight each
+    support step and the first query of each class gives each support step and itself;
+    nothing for a learner without attention over the episode."""
+    exp = ctx.experiment
+    cfg: FewShotEval = exp.eval
+    setting, episodes, raw = first_episode(cfg, sampler)
+    with learner.meta_test(cfg.batchnorm), torch.no_grad():
+        maps = learner.attention_maps(episodes)
+    if maps is None:
+        return []
+    n, k, q = setting.n_way, setting.k_shot, setting.query
+    support = n * k
+    queries = [support + c * q for c in range(n)]  # the first query of each class
+    shown = {}
+    for layer, weights in enumerate(maps, 1):
+        rows = weights[0, list(range(support)) + queries]
+        itself = torch.cat(
+            [rows[:support, :support].diagonal(), rows[support:, queries].diagonal()]
+        )
+        on_support = rows[:, :support] * (1 - torch.eye(len(rows), support))  # itself apart
+        shown[f"attention layer {layer}"] = torch.cat([on_support, itself[:, None]], 1)
+    names = [f"s{i} (c{i // k})" for i in range(support)]
+    images = torch.cat([raw[:, :k].flatten(0, 1), raw[:, k]])
+    caption = (
+        f"Rows: the {support} support steps s0, s1, … in the order the model reads them "
+        f"(class by class; cN: class N) and the first query q of each class, each query "
+        f"read after the support set alone; columns: the support step read, and the step "
+        f"itself (its own weight, taken out of the support columns). Each row sums to 1; "
+        f"a step never reads a later one. {cfg.batchnorm} batch norm."
+    )
+    return [
+        save_attention_maps(
+            shown,
+            names + [f"q (c{c})" for c in range(n)],
+            names + ["itself"],
+            images,
+            ctx.plots_dir / "attention_maps.png",
+            f"{exp.name}: attention over a {setting.name} test episode",
+            caption,
+        )
+    ]
 
 
 def generated_weights(

@@ -33,8 +33,12 @@ PAPER_ON_CPU ?= cnn hypercnn maml_sine metasgd_sine hnet_split finetune_split ew
 paper-check: install ## paper-scale runs that fit this CPU, kept under results/ (PAPER_ON_CPU=...)
 	hypermeta paper-check $(PAPER_ON_CPU)
 
+# Two pytest workers, one test file each at a time (a file's tests share its fixtures and
+# run in order): the unit files run beside the integration ones, whose re-runs after an
+# edit are DVC's, one stage at a time on one core.
+PYTEST_WORKERS ?= 2
 test: install browser ## run the test suite (unit + integration with real snakemake/dvc/mlflow)
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 test-fast: install browser ## unit tests that train no model and run no pipeline (under a minute)
 	$(PY) -m pytest -m "not integration and not slow"

@@ -1,0 +1,107 @@
+"""The generative engine and its models: known answers for the VAE's KL and the GAN's
+losses, the Fréchet distance, that training reads no evaluation alphabet, exact resume."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from fewshot_helpers import assert_crash_resumes_exactly, prepared_omniglot_small, stage_context
+
+from hypermeta.config import Params
+from hypermeta.engine import generative
+from hypermeta.engine.generative import GenerativeEngine
+from hypermeta.engine.sample_quality import frechet_distance
+from hypermeta.experiments import resolve
+from hypermeta.methods.gan import discriminator_loss, generator_loss
+from hypermeta.methods.generative_base import GenerativeModel
+from hypermeta.methods.vae import gaussian_kl
+
+
+def test_analytic_kl_matches_a_monte_carlo_estimate():
+    generator = torch.Generator().manual_seed(0)
+    mean, log_var = torch.tensor([[0.5, -1.0, 2.0]]), torch.tensor([[0.0, -1.0, 0.7]])
+    z = mean + (0.5 * log_var).exp() * torch.randn(200_000, 3, generator=generator)
+    log_q = torch.distributions.Normal(mean, (0.5 * log_var).exp()).log_prob(z).sum(1)
+    log_p = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(1)
+    assert gaussian_kl(mean, log_var).item() == pytest.approx(
+        (log_q - log_p).mean().item(), abs=0.02
+    )
+
+
+def test_gan_losses_are_the_formulas_on_a_hand_computed_case():
+    # D = sigmoid(logit): logit 0 → 1/2, logit log 3 → 3/4
+    real, fake = torch.tensor([0.0, math.log(3)]), torch.tensor([math.log(3), 0.0])
+    d_expected = -(math.log(0.5) + math.log(0.75)) / 2 - (math.log(0.25) + math.log(0.5)) / 2
+    g_expected = -(math.log(0.75) + math.log(0.5)) / 2
+    assert discriminator_loss(real, fake).item() == pytest.approx(d_expected, rel=1e-6)
+    assert generator_loss(fake).item() == pytest.approx(g_expected, rel=1e-6)
+
+
+def test_frechet_distance_of_shifted_gaussians_is_the_squared_shift():
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(20_000, 4, generator=generator)
+    b = torch.randn(20_000, 4, generator=generator) + torch.tensor([1.0, 0, 0, 2.0])
+    assert frechet_distance(a, b) == pytest.approx(5.0, abs=0.1)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+
+
+def experiment(method: str, model: dict):
+    params = Params.model_validate(
+        {
+            "profile": "quick",
+            "profiles": {"quick": "tests"},
+            "data": {"datasets": {"quick": ["omniglot_small"]}},
+            "experiments": {
+                "gen": {
+                    "dataset": "omniglot_small",
+                    "method": method,
+                    "model": model,
+                    "train": {
+                        "iterations": 6,
+                        "log_every": 3,
+                        "checkpoint_every": 3,
+                        "batch_size": 8,
+                        "val_images": 16,
+                        "device": "cpu",
+                    },
+                }  # fmt: skip
+            },
+        }
+    )
+    return resolve(params, "gen")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return prepared_omniglot_small(tmp_path_factory.mktemp("omniglot"))
+
+
+@pytest.mark.parametrize(
+    "method,model",
+    [("vae", {"latent_size": 4, "hidden": 4}), ("dcgan", {"latent_size": 4, "width": 4})],
+)
+def test_interrupted_training_resumes_exactly(tmp_path, data_dir, monkeypatch, method, model):
+    torch.set_num_threads(1)
+    exp = experiment(method, model)
+    engine = GenerativeEngine()
+    straight = stage_context(exp, data_dir, tmp_path / "straight")
+    engine.train(straight)
+    resumed = stage_context(exp, data_dir, tmp_path / "resumed")
+    assert_crash_resumes_exactly(engine, straight, resumed, GenerativeModel, monkeypatch)
+
+
+def test_training_reads_no_evaluation_alphabet(tmp_path, data_dir, monkeypatch):
+    read = []
+    load_split = generative.load_split
+
+    def recording(folder, split):
+        read.append(split)
+        return load_split(folder, split)
+
+    monkeypatch.setattr(generative, "load_split", recording)
+    GenerativeEngine().train(
+        stage_context(experiment("vae", {"latent_size": 4}), data_dir, tmp_path)
+    )
+    assert sorted(set(read)) == ["train", "val"]

@@ -127,3 +127,18 @@ def test_vae_elbo_rises_and_reconstructs_a_training_image_better_than_noise():
         own = bernoulli_log_likelihood(vae.decoder_logits(vae.encode(images[:1])), images[:1])
         other = bernoulli_log_likelihood(vae.decoder_logits(vae.encode(noise)), noise)
     assert own.item() > other.item() + 50
+
+
+def test_visualize_draws_samples_interpolation_and_neighbours(tmp_path, data_dir):
+    from hypermeta.plots import get_plotter
+
+    ctx = stage_context(experiment("vae", {"latent_size": 4, "hidden": 4}), data_dir, tmp_path)
+    GenerativeEngine().train(ctx)
+    paths = get_plotter("generative").visualize(ctx)
+    assert [p.name for p in paths] == [
+        "curves.png",
+        "samples.png",
+        "interpolation.png",
+        "nearest.png",
+    ]
+    assert all(p.stat().st_size > 1000 for p in paths)

@@ -53,7 +53,9 @@ class GenerativeTrain(StrictModel):
     iterations: int = Field(20000, gt=0, description="optimizer steps (each model's own)")
     batch_size: int = Field(64, gt=0)
     lr: float = Field(2e-4, gt=0, description="Adam lr of every optimizer")
-    betas: tuple[float, float] = Field((0.5, 0.999), description="Adam betas (GAN: 0.5, 0.999)")
+    betas: list[float] = Field(
+        [0.5, 0.999], min_length=2, max_length=2, description="Adam betas (GAN: 0.5, 0.999)"
+    )
     log_every: int = Field(500, gt=0, description="iterations per history row")
     checkpoint_every: int = Field(1000, gt=0, description="iterations between checkpoints")
     val_images: int = Field(512, gt=0, description="held-out val-alphabet drawings per row")
@@ -120,7 +122,7 @@ class GenerativeTraining(Training):
         torch.manual_seed(cfg.seed)
         self.model: GenerativeModel = build_model(exp.section, self.info).to(self.device)
         self.optimizers = {
-            name: adam(params, cfg.lr, betas=cfg.betas)
+            name: adam(params, cfg.lr, betas=tuple(cfg.betas))
             for name, params in self.model.parameter_groups().items()
         }
         self.label, self.rounds, self.steps = exp.name, 1, cfg.iterations

@@ -1,0 +1,112 @@
+"""Figures of kind `generative`: training curves, a grid of prior samples, the
+interpolation between two meta-train characters (through the model's codes: a VAE's
+posterior means, a GAN's projected z), and each of 16 samples beside its nearest
+meta-train drawing (squared pixel distance), so that memorisation would show.
+compare: the group's sample grids side by side."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from hypermeta.data.episodes import seeded_generator
+from hypermeta.engine.base import StageContext
+from hypermeta.engine.generative import drawings, load_generative
+from hypermeta.methods.generative_base import binarised
+from hypermeta.plots import register
+from hypermeta.plots.base import Plotter
+from hypermeta.viz import _save, pyplot, save_curves
+
+GRID = 8  # samples per side of the sample grid
+NEIGHBOURS = 16
+
+
+def tiled(images: torch.Tensor, columns: int) -> torch.Tensor:
+    """(N, 1, H, W) → one (rows·H, columns·W) picture, white gaps between cells."""
+    n, _, h, w = images.shape
+    rows = -(-n // columns)
+    canvas = torch.ones(rows * (h + 1), columns * (w + 1))
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        canvas[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = image[0]
+    return canvas
+
+
+def save_pictures(panels: dict[str, torch.Tensor], path: Path, title: str) -> Path:
+    figure, axes = pyplot().subplots(1, len(panels), figsize=(4 * len(panels), 4.4), squeeze=False)
+    for ax, (name, picture) in zip(axes[0], panels.items(), strict=True):
+        ax.imshow(picture.cpu(), cmap="gray_r", vmin=0, vmax=1)
+        ax.set_title(name)
+        ax.axis("off")
+    figure.suptitle(title)
+    return _save(figure, path)
+
+
+class GenerativePlotter(Plotter):
+    kind = "generative"
+
+    def visualize(self, ctx: StageContext) -> list[Path]:
+        exp = ctx.experiment
+        model, _ = load_generative(ctx.model_path)
+        history = json.loads(ctx.history_path.read_text())
+        losses = sorted({key[4:] for row in history for key in row if key.startswith("val_")})
+        paths = [
+            save_curves(
+                {exp.name: history},
+                {loss: [f"train_{loss}", f"val_{loss}"] for loss in losses},
+                ctx.plots_dir / "curves.png",
+                f"{exp.name}: training",
+                x_label="iterations",
+            )
+        ]
+        generator = seeded_generator("figures", exp.eval.seed)
+        with torch.no_grad():
+            samples = model.sample(GRID * GRID, generator)
+        paths.append(
+            save_pictures(
+                {"prior samples": tiled(samples, GRID)},
+                ctx.plots_dir / "samples.png",
+                f"{exp.name}: samples",
+            )
+        )
+        train = binarised(drawings(ctx.data_dir, "train", f"experiments.{exp.name}")[:, 0])
+        ends = train[[0, len(train) // 2]]
+        line = model.interpolate(ends[:1], ends[1:], 10).detach()
+        paths.append(
+            save_pictures(
+                {"": tiled(torch.cat([ends[:1], line, ends[1:]]), 12)},
+                ctx.plots_dir / "interpolation.png",
+                f"{exp.name}: two meta-train characters (ends) and the decoded line between "
+                "their codes",
+            )
+        )
+        shown = samples[:NEIGHBOURS]
+        distances = torch.cdist(shown.flatten(1), train.flatten(1))
+        nearest = train[distances.argmin(1)]
+        pairs = torch.stack([shown, nearest], 1).flatten(0, 1)
+        paths.append(
+            save_pictures(
+                {"sample | nearest meta-train drawing": tiled(pairs, 8)},
+                ctx.plots_dir / "nearest.png",
+                f"{exp.name}: samples beside their nearest training drawings "
+                "(first drawing of each class)",
+            )
+        )
+        return paths
+
+    def compare(self, contexts: list[StageContext], out_dir: Path, title: str) -> list[Path]:
+        panels = {}
+        for ctx in contexts:
+            if ctx.model_path.exists():
+                model, _ = load_generative(ctx.model_path)
+                with torch.no_grad():
+                    samples = model.sample(GRID * GRID, seeded_generator("figures", 0))
+                panels[ctx.experiment.name] = tiled(samples, GRID)
+        if not panels:
+            return []
+        return [save_pictures(panels, out_dir / "samples.png", f"{title}: prior samples")]
+
+
+register(GenerativePlotter())

@@ -244,6 +244,7 @@ def save_memory_trace(
         ax.set_yticks(range(len(labels)), [f"{t} ({y})" for t, y in enumerate(labels)], fontsize=5)
         figure.colorbar(image, ax=ax, fraction=0.046)
     figure.suptitle(title, fontsize=10)
+    return _save(figure, path)
 
 
 def save_attention_maps(

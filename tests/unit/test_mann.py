@@ -28,6 +28,7 @@ from hypermeta.methods.mann import (
     least_used,
     lru_step,
 )
+from hypermeta.plots.fewshot import FewShotPlotter
 
 
 def state_with(usage: torch.Tensor, memory: torch.Tensor, read: torch.Tensor) -> MemoryState:
@@ -168,7 +169,7 @@ def data_dir(tmp_path_factory):
     return prepared_omniglot_small(tmp_path_factory.mktemp("omniglot"))
 
 
-def test_accuracy_by_instance_through_the_engine(tmp_path, data_dir):
+def test_accuracy_by_instance_and_the_memory_trace_through_the_stages(tmp_path, data_dir):
     torch.set_num_threads(1)
     by_instance = {"sequences": 20, "n_way": 5, "per_class": 4, "instances": [1, 2, 4]}
     exp = fewshot_experiment(
@@ -189,6 +190,10 @@ def test_accuracy_by_instance_through_the_engine(tmp_path, data_dir):
         assert 0 <= metrics[f"accuracy_instance_{i}"] <= 1
         assert metrics[f"accuracy_instance_{i}_ci95"] > 0
     assert "accuracy_instance_3" not in metrics
+    # the visualize stage draws which slots the first test sequence reads and writes
+    paths = FewShotPlotter().visualize(ctx)
+    assert all(path.is_file() for path in paths)
+    assert ctx.plots_dir / "memory_trace.png" in paths
 
 
 def test_interrupted_training_resumes_exactly(tmp_path, data_dir, monkeypatch):

@@ -21,12 +21,22 @@ Prints a table; writes benchmarks/results/maml.json.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-from pathlib import Path
 
 import torch
-from meta_timing import interleaved_times, make_episodes, memory_in_subprocesses, peak_memory
+from meta_timing import (
+    answered_memory_query,
+    build_learner,
+    device_label,
+    interleaved_times,
+    make_episodes,
+    memory_in_subprocesses,
+    meta_step,
+    parse_timing,
+    synchronize,
+    timing_parser,
+    write_results,
+)
 
 # name: (vectorize, task_chunk, task_workers) of our learner (task_workers None: one per
 # intra-op thread); "higher" is the reference
@@ -67,63 +77,39 @@ def higher_step(learner, episodes, optimizer, steps: int, inner_lr: float) -> No
 
 def make_step(variant: str, args: argparse.Namespace, device: torch.device):
     """A zero-argument meta-iteration of `variant` (fresh learner, same initial weights)."""
-    from hypermeta.methods import get_method
-
-    spec = get_method("maml")
     vectorize, task_chunk, task_workers = VARIANTS[variant] or (False, None, None)
-    config = spec.model_config(
-        n_way=5,
-        inner_steps=args.steps,
-        inner_lr=0.4,
-        vectorize=vectorize,
-        task_chunk=task_chunk,
-        task_workers=task_workers,
-    )
-    torch.manual_seed(0)
-    learner = spec.build(config, {"image_shape": [1, 28, 28]}).to(device).train()
-    optimizer = torch.optim.Adam(learner.parameters(), lr=0.001)
+    section = {"n_way": 5, "inner_steps": args.steps, "inner_lr": 0.4, "vectorize": vectorize,
+               "task_chunk": task_chunk, "task_workers": task_workers}  # fmt: skip
+    learner = build_learner("maml", section, device)
     episodes = make_episodes(args.meta_batch, 5, 1, 15, device)
+    if variant not in HIGHER:
+        return meta_step(learner, episodes, device)
+    optimizer = torch.optim.Adam(learner.train().parameters(), lr=0.001)
+    threads = 1 if variant == "higher, 1 thread" else args.threads
 
     def step() -> None:
-        if variant == "higher, 1 thread":
-            torch.set_num_threads(1)
-            higher_step(learner, episodes, optimizer, args.steps, 0.4)
-            torch.set_num_threads(args.threads)
-        elif variant == "higher":
-            higher_step(learner, episodes, optimizer, args.steps, 0.4)
-        else:
-            learner.meta_step(episodes, optimizer)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        torch.set_num_threads(threads)
+        higher_step(learner, episodes, optimizer, args.steps, 0.4)
+        torch.set_num_threads(args.threads)
+        synchronize(device)
 
     return step
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2 timed rounds, not 5")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--meta-batch", type=int, default=32)
+    parser = timing_parser(__doc__, VARIANTS, meta_batch=32)
     parser.add_argument("--steps", type=int, default=5, help="inner steps")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--iterations", type=int, default=None, help="timed rounds")
-    parser.add_argument("--memory-of", choices=VARIANTS, help=argparse.SUPPRESS)  # subprocess
-    args = parser.parse_args()
-    if args.iterations is None:
-        args.iterations = 2 if args.quick else 5
-    if args.memory_of:
-        print(json.dumps({"peak_memory_mb": peak_memory(make_step, args.memory_of, args)}))
+    args = parse_timing(parser)
+    if answered_memory_query(make_step, args):
         return
 
-    variants = list(VARIANTS)
+    variants = args.only or list(VARIANTS)
     try:
         import higher  # noqa: F401
     except ImportError:
         print("higher is not installed (pip install higher==0.2.1): compared without it")
         variants = [variant for variant in variants if variant not in HIGHER]
-    settings = ["--device", args.device, "--meta-batch", str(args.meta_batch)]
-    settings += ["--steps", str(args.steps), "--threads", str(args.threads)]
-    memory = memory_in_subprocesses(__file__, variants, settings)
+    memory = memory_in_subprocesses(__file__, variants)
     times = interleaved_times(make_step, variants, args)
 
     rows = [
@@ -137,10 +123,9 @@ def main() -> None:
     ]
     higher_rows = [r for r in rows if r["variant"] in HIGHER]
     fastest_higher = min((r["seconds_per_iteration"] for r in higher_rows), default=None)
-    device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu×{args.threads}"
     print(
         f"\nMAML 5-way 1-shot 28×28 Conv-4, meta-batch {args.meta_batch}, {args.steps} inner "
-        f"steps, second order, {device_name}, median of {args.iterations} interleaved rounds"
+        f"steps, second order, {device_label(args)}, median of {args.iterations} interleaved rounds"
     )
     print(f"{'variant':<20}{'s / meta-iter':>15}{'peak MB':>10}{'vs faster higher':>18}")
     for row in rows:
@@ -151,11 +136,7 @@ def main() -> None:
             f"{row['variant']:<20}{row['seconds_per_iteration']:>15.3f}"
             f"{row['peak_memory_mb']:>10.0f}{shown:>18}"
         )
-    out = Path(__file__).parent / "results" / "maml.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    setting = {k: v for k, v in vars(args).items() if k != "memory_of"}
-    out.write_text(json.dumps({"setting": setting, "device": device_name, "rows": rows}, indent=2))
-    print(f"written {out}")
+    write_results("maml.json", args, rows)
 
 
 if __name__ == "__main__":

@@ -19,18 +19,24 @@ registered is skipped, and said so.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
-from meta_timing import interleaved_times
+from meta_timing import (
+    build_learner,
+    device_label,
+    interleaved_times,
+    meta_step,
+    parse_timing,
+    registered,
+    synchronize,
+    timing_parser,
+    write_results,
+)
 
-from hypermeta.config import validate_section
 from hypermeta.data.episodes import EpisodeSampler, EpisodeSetting, seeded_generator
 from hypermeta.engine.fewshot import encoded_split, episode_accuracies
-from hypermeta.methods import METHODS, get_method
 
 # name: (registered method, its model section beyond the width `hidden`).
 LEARNERS = {
@@ -50,23 +56,15 @@ def synthetic_split(classes: int, device: torch.device) -> EpisodeSampler:
     return EpisodeSampler(images, mean=0.1, std=0.3, device=device)
 
 
-def build_learner(name: str, width: int, device: torch.device):
+def metric_learner(name: str, width: int, device: torch.device) -> torch.nn.Module:
     method, extra = LEARNERS[name]
-    spec = get_method(method)
-    config = validate_section(spec.model_config, {"hidden": width, **extra}, "model")
-    torch.manual_seed(0)
-    return spec.build(config, {"image_shape": [1, 28, 28]}).to(device)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    return build_learner(method, {"hidden": width, **extra}, device)
 
 
 def meta_test_speed(name: str, args: argparse.Namespace, sampler: EpisodeSampler) -> dict:
     """Episodes per second per setting, per episode and (where allowed) from cached features."""
     device = sampler.images.device
-    learner = build_learner(name, args.width, device)
+    learner = metric_learner(name, args.width, device)
     began = time.perf_counter()
     features = encoded_split(learner, sampler, "running_stats", amp=False)
     synchronize(device)
@@ -90,41 +88,22 @@ def meta_test_speed(name: str, args: argparse.Namespace, sampler: EpisodeSampler
 
 def make_step(name: str, args: argparse.Namespace, device: torch.device):
     """A zero-argument meta-training iteration of `args.meta_batch` episodes."""
-    learner = build_learner(name, args.width, device).train()
-    optimizer = torch.optim.Adam(learner.parameters(), lr=0.001)
     sampler = synthetic_split(args.classes, device)
     episodes = sampler.sample(TRAIN_SETTING, args.meta_batch, seeded_generator("bench", 0))
-
-    def step() -> None:
-        learner.meta_step(episodes, optimizer)
-        synchronize(device)
-
-    return step
+    return meta_step(metric_learner(name, args.width, device), episodes, device)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer rounds and episodes")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = timing_parser(__doc__, LEARNERS, meta_batch=1, rounds=(3, 10))
     parser.add_argument("--width", type=int, default=64, help="filters per conv block")
     parser.add_argument("--classes", type=int, default=200, help="classes of the test split")
-    parser.add_argument("--meta-batch", type=int, default=1, help="episodes per meta-step")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--iterations", type=int, default=None, help="timed training rounds")
     parser.add_argument("--episodes", type=int, default=None, help="meta-test episodes")
-    parser.add_argument("--only", nargs="+", choices=LEARNERS, help="a subset of LEARNERS")
-    args = parser.parse_args()
-    args.iterations = args.iterations or (3 if args.quick else 10)
+    args = parse_timing(parser)
     args.episodes = args.episodes or (25 if args.quick else 100)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
-    names = []
-    for name in args.only or list(LEARNERS):
-        if LEARNERS[name][0] in METHODS:
-            names.append(name)
-        else:
-            print(f"skipping {name}: method {LEARNERS[name][0]!r} is not registered")
+    names = registered(args.only or list(LEARNERS), lambda name: LEARNERS[name][0])
     sampler = synthetic_split(args.classes, device)
     rows = [{"learner": name, **meta_test_speed(name, args, sampler)} for name in names]
     times = interleaved_times(make_step, names, args)
@@ -133,10 +112,9 @@ def main() -> None:
             args.meta_batch
         )
 
-    device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu×{args.threads}"
     print(
         f"\nmetric learners, 28×28, width {args.width}, 15 queries, {args.episodes} test "
-        f"episodes over {args.classes} classes, {device_name}; episodes / s at meta-test "
+        f"episodes over {args.classes} classes, {device_label(args)}; episodes / s at meta-test "
         f"(per episode | split encoded once), training s / episode ({TRAIN_SETTING.name}, "
         f"median of {args.iterations} rounds)"
     )
@@ -155,11 +133,7 @@ def main() -> None:
             + f"{(f'{encoding:.2f}' if encoding is not None else '-'):>16}"
             + f"{row['train_seconds_per_episode']:>14.4f}"
         )  # fmt: skip
-    out = Path(__file__).parent / "results" / "metric.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"setting": vars(args), "device": device_name, "rows": rows},
-                              indent=2))  # fmt: skip
-    print(f"written {out}")
+    write_results("metric.json", args, rows)
 
 
 if __name__ == "__main__":

@@ -19,12 +19,21 @@ Prints a table; writes benchmarks/results/sequence.json.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-from pathlib import Path
 
 import torch
-from meta_timing import interleaved_times, make_episodes, memory_in_subprocesses, peak_memory
+from meta_timing import (
+    answered_memory_query,
+    build_learner,
+    device_label,
+    interleaved_times,
+    make_episodes,
+    memory_in_subprocesses,
+    meta_step,
+    parse_timing,
+    timing_parser,
+    write_results,
+)
 
 QUICK_MANN = {"controller": 64, "image_size": 10, "slots": 32, "slot_size": 16, "read_heads": 1}
 # name: (registered method, its model section, (n_way, k_shot, queries) of its episodes).
@@ -40,46 +49,20 @@ BASELINE = "protonet"
 
 def make_step(name: str, args: argparse.Namespace, device: torch.device):
     """A zero-argument meta-iteration of learner `name` (fresh, seeded weights)."""
-    from hypermeta.config import validate_section
-    from hypermeta.methods import get_method
-
     method, section, (n_way, k_shot, queries) = LEARNERS[name]
-    spec = get_method(method)
-    config = validate_section(spec.model_config, section, "model")
-    torch.manual_seed(0)
-    learner = spec.build(config, {"image_shape": [1, 28, 28]}).to(device).train()
+    learner = build_learner(method, section, device)
     learner.on_iteration(0, 1)
-    optimizer = torch.optim.Adam(learner.parameters(), lr=0.001)
     episodes = make_episodes(args.meta_batch, n_way, k_shot, queries, device)
-
-    def step() -> None:
-        learner.meta_step(episodes, optimizer)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    return step
+    return meta_step(learner, episodes, device)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2 timed rounds, not 5")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--meta-batch", type=int, default=16, help="episodes per meta-step")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--iterations", type=int, default=None, help="timed rounds")
-    parser.add_argument("--only", nargs="+", choices=LEARNERS, help="a subset of LEARNERS")
-    parser.add_argument("--memory-of", choices=LEARNERS, help=argparse.SUPPRESS)  # subprocess
-    args = parser.parse_args()
-    if args.iterations is None:
-        args.iterations = 2 if args.quick else 5
-    if args.memory_of:
-        print(json.dumps({"peak_memory_mb": peak_memory(make_step, args.memory_of, args)}))
+    args = parse_timing(timing_parser(__doc__, LEARNERS, meta_batch=16))
+    if answered_memory_query(make_step, args):
         return
 
     names = args.only or list(LEARNERS)
-    settings = ["--device", args.device, "--meta-batch", str(args.meta_batch)]
-    settings += ["--threads", str(args.threads)]
-    memory = memory_in_subprocesses(__file__, names, settings)
+    memory = memory_in_subprocesses(__file__, names)
     times = interleaved_times(make_step, names, args)
     rows = [
         {
@@ -92,10 +75,9 @@ def main() -> None:
         for name in names
     ]
     base = next((r["seconds_per_episode"] for r in rows if r["learner"] == BASELINE), None)
-    device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu×{args.threads}"
     print(
         f"\nsequence learners vs ProtoNet and MAML, 50 images of 28×28 per episode, "
-        f"meta-batch {args.meta_batch}, {device_name}, median of {args.iterations} rounds"
+        f"meta-batch {args.meta_batch}, {device_label(args)}, median of {args.iterations} rounds"
     )
     print(f"{'learner':<28}{'s / episode':>13}{'peak MB':>10}{'vs ' + BASELINE:>14}")
     for row in rows:
@@ -104,11 +86,7 @@ def main() -> None:
         shown = f"{ratio:.2f}×" if ratio else "-"
         print(f"{row['learner']:<28}{row['seconds_per_episode']:>13.4f}"
               f"{row['peak_memory_mb']:>10.0f}{shown:>14}")  # fmt: skip
-    out = Path(__file__).parent / "results" / "sequence.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    setting = {k: v for k, v in vars(args).items() if k != "memory_of"}
-    out.write_text(json.dumps({"setting": setting, "device": device_name, "rows": rows}, indent=2))
-    print(f"written {out}")
+    write_results("sequence.json", args, rows)
 
 
 if __name__ == "__main__":

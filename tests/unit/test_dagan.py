@@ -121,3 +121,24 @@ def test_same_class_judgement_known_answers():
     chance = same_class_judgement(classifier, drawings, noise, config, 0.95)
     assert chance["same_class_accuracy_generated"] == pytest.approx(0.2, abs=0.04)
     assert same_class_judgement(classifier, drawings, lambda *a: None, config, 0.95) is None
+
+
+@pytest.mark.parametrize("method,model", [("dagan", {"noise_size": 4, "width": 4}), ("dcgan", {})])
+def test_evaluate_judges_only_a_conditioning_model(tmp_path, data_dir, method, model):  # noqa: F811
+    torch.set_num_threads(1)
+    small = {
+        "fd_samples": 40,
+        "feature_classifier": {"steps": 5, "batch_size": 16, "width": 8},
+        "same_class": {"trials": 50},
+    }
+    ctx = stage_context(experiment(method, model, small), data_dir, tmp_path)
+    engine = GenerativeEngine()
+    engine.train(ctx)
+    metrics = engine.evaluate(ctx)
+    assert math.isfinite(metrics["frechet_distance"])
+    if method == "dagan":
+        assert 0 <= metrics["same_class_accuracy_generated"] <= 1
+        assert 0 <= metrics["same_class_accuracy_real"] <= 1
+        assert metrics["same_class_trials"] == 50
+    else:  # an unconditional GAN cannot make a drawing of a given class
+        assert not any(key.startswith("same_class") for key in metrics)

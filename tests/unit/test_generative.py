@@ -47,7 +47,7 @@ def test_frechet_distance_of_shifted_gaussians_is_the_squared_shift():
     assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
 
 
-def experiment(method: str, model: dict):
+def experiment(method: str, model: dict, eval: dict | None = None):
     params = Params.model_validate(
         {
             "profile": "quick",
@@ -66,6 +66,7 @@ def experiment(method: str, model: dict):
                         "val_images": 16,
                         "device": "cpu",
                     },
+                    "eval": eval or {},
                 }  # fmt: skip
             },
         }

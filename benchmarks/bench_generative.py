@@ -1,6 +1,7 @@
 """Images generated per second by each generative model (engine kind `generative`), at
 its params.yaml architecture under the chosen profile: prior samples in batches of
-`--batch`, no gradients, eval mode (speed does not depend on the trained weights).
+`--batch` (DAGAN, which has no prior: one sample of each of `--batch` binary drawings,
+encoding included), no gradients, eval mode (speed does not depend on the trained weights).
 
     python benchmarks/bench_generative.py [--profile quick|paper] [--device cpu|cuda]
 
@@ -16,19 +17,23 @@ from pathlib import Path
 
 import torch
 
+from hypermeta.engine.generative import generated_images
 from hypermeta.experiments import load_params, resolve
 from hypermeta.methods import get_method
+from hypermeta.methods.generative_base import GenerativeModel
 
-EXPERIMENTS = ("vae_omniglot", "gan_omniglot", "dcgan_omniglot")
+EXPERIMENTS = ("vae_omniglot", "gan_omniglot", "dcgan_omniglot", "dagan_omniglot")
 
 
-def images_per_second(model: torch.nn.Module, batch: int, repeats: int) -> float:
+def images_per_second(model: GenerativeModel, batch: int, repeats: int) -> float:
     generator = torch.Generator().manual_seed(0)
+    device = next(model.parameters()).device
+    conditions = (torch.rand(batch, 1, 28, 28, generator=generator) < 0.2).float().to(device)
     with torch.no_grad():
-        model.sample(batch, generator)  # warm-up
+        generated_images(model, batch, conditions, generator)  # warm-up
         began = time.perf_counter()
         for _ in range(repeats):
-            model.sample(batch, generator)
+            generated_images(model, batch, conditions, generator)
         if next(model.parameters()).is_cuda:
             torch.cuda.synchronize()
     return batch * repeats / (time.perf_counter() - began)

@@ -47,7 +47,7 @@ def test_frechet_distance_of_shifted_gaussians_is_the_squared_shift():
     assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
 
 
-def experiment(method: str, model: dict):
+def experiment(method: str, model: dict, eval: dict | None = None):
     params = Params.model_validate(
         {
             "profile": "quick",
@@ -66,6 +66,7 @@ def experiment(method: str, model: dict):
                         "val_images": 16,
                         "device": "cpu",
                     },
+                    "eval": eval or {},
                 }  # fmt: skip
             },
         }
@@ -129,7 +130,7 @@ def test_vae_elbo_rises_and_reconstructs_a_training_image_better_than_noise():
     assert own.item() > other.item() + 50
 
 
-def test_visualize_draws_samples_interpolation_and_neighbours(tmp_path, data_dir):
+def test_visualize_draws_samples_interpolation_neighbours_and_samples_like(tmp_path, data_dir):
     from hypermeta.plots import get_plotter
 
     ctx = stage_context(experiment("vae", {"latent_size": 4, "hidden": 4}), data_dir, tmp_path)
@@ -140,6 +141,7 @@ def test_visualize_draws_samples_interpolation_and_neighbours(tmp_path, data_dir
         "samples.png",
         "interpolation.png",
         "nearest.png",
+        "samples_like.png",
     ]
     assert all(p.stat().st_size > 1000 for p in paths)
 

@@ -1,4 +1,4 @@
-"""Generative models of Omniglot drawings, engine kind `generative` (the VAE, the GANs):
+"""Generative models of Omniglot drawings, engine kind `generative` (VAE, GANs, DAGAN):
 trained on the meta-train classes only, evaluated on sample quality.
 
 Training reads the `train` split alone (on Lake's split the background alphabets less
@@ -11,10 +11,16 @@ one bit for bit.
 Evaluation: for a model with a likelihood bound (the VAE) the importance-weighted bound
 on log p(x) of test-alphabet drawings (Burda et al. 2016, `eval.importance_samples`
 samples; the ELBO too), in nats per image with a 95% CI over images; for every model
-the Fréchet distance between its prior samples and meta-train drawings on the features
-of a Conv-4 classifier trained here on the meta-train classes (`engine/sample_quality.py`;
-not the Inception-based FID), beside the same distance between two disjoint sets of
-real meta-train drawings (the floor a perfect generator would reach at this sample size).
+the Fréchet distance between its prior samples (a DAGAN: samples conditioned on the
+floor's second set of real drawings) and meta-train drawings on the features of a Conv-4
+classifier trained here on the meta-train classes (`engine/sample_quality.py`; not the
+Inception-based FID), beside the same distance between two disjoint sets of real
+meta-train drawings (the floor a perfect generator would reach at this sample size); for
+every model that conditions on a drawing (VAE, DAGAN) the same-class judgement of its
+samples of test-alphabet drawings (`sample_quality.same_class_judgement`).
+
+A model that `needs_condition` (DAGAN) trains on same-class pairs of meta-train drawings,
+drawn from the same seeded generator as the other models' batches.
 
 `load_generative(model_path)` gives a trained model back for other stages (support-set
 augmentation: `GenerativeModel.samples_like`).
@@ -40,8 +46,10 @@ from hypermeta.engine.device import DeviceName, adam, resolve_device
 from hypermeta.engine.loop import Row, Training, fit_stage, on_cpu, save_trained
 from hypermeta.engine.sample_quality import (
     FeatureClassifierConfig,
+    SameClassConfig,
     features,
     frechet_distance,
+    same_class_judgement,
     train_feature_classifier,
 )
 from hypermeta.errors import HypermetaError
@@ -70,6 +78,9 @@ class GenerativeEval(StrictModel):
     )
     fd_samples: int = Field(2000, gt=1, description="generated (and real) images per distance")
     feature_classifier: FeatureClassifierConfig = FeatureClassifierConfig()
+    same_class: SameClassConfig = Field(
+        SameClassConfig(), description="the same-class judgement of samples_like (VAE, DAGAN)"
+    )
     seed: int = 0
     confidence: float = Field(0.95, gt=0, lt=1)
 
@@ -90,6 +101,32 @@ def seeded_subset(images: torch.Tensor, n: int, *key: object) -> torch.Tensor:
     """min(n, all) of `images` (N, ...), chosen by a permutation seeded by `key`."""
     order = torch.randperm(len(images), generator=seeded_generator(*key))
     return images[order[:n]]
+
+
+def same_class_pairs(images: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """n pairs of two different drawings of one class, (n, 2, ...) from `images` (classes,
+    drawings, ...): a class, a first drawing and a different second one per pair."""
+    classes, per_class = images.shape[:2]
+    if per_class < 2:
+        raise HypermetaError(
+            f"same-class pairs need two drawings of a class; these classes have {per_class}."
+        )
+    label = torch.randint(classes, (n,), generator=generator)
+    first = torch.randint(per_class, (n,), generator=generator)
+    second = (first + torch.randint(1, per_class, (n,), generator=generator)) % per_class
+    return images[label.unsqueeze(1), torch.stack([first, second], 1)]
+
+
+def generated_images(
+    model: GenerativeModel, n: int, conditions: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """n drawings of the model: prior samples, or for a model with no prior
+    (`needs_condition`, DAGAN) one drawing like each of the first n `conditions`
+    (N, 1, H, W; taken again from the first if N < n)."""
+    if model.needs_condition:
+        chosen = conditions[torch.arange(n) % len(conditions)]
+        return model.samples_like(chosen, 1, generator)[:, 0]
+    return model.sample(n, generator)
 
 
 def load_generative(model_path: Path) -> tuple[GenerativeModel, dict[str, Any]]:
@@ -114,13 +151,19 @@ class GenerativeTraining(Training):
         where = f"experiments.{exp.name}"
         self.device = resolve_device(cfg.device, f"{where}.train.device")
         self.info = load_manifest(ctx.data_dir)
-        # the meta-train classes only: nothing of an evaluation alphabet reaches training
-        train = drawings(ctx.data_dir, "train", where).flatten(0, 1)
-        self.images = binarised(train).to(self.device)
-        val = drawings(ctx.data_dir, "val", where).flatten(0, 1)
-        self.val = binarised(seeded_subset(val, cfg.val_images, "val", cfg.seed)).to(self.device)
         torch.manual_seed(cfg.seed)
         self.model: GenerativeModel = build_model(exp.section, self.info).to(self.device)
+        # the meta-train classes only: nothing of an evaluation alphabet reaches training
+        train = binarised(drawings(ctx.data_dir, "train", where)).to(self.device)
+        val = drawings(ctx.data_dir, "val", where)
+        if self.model.needs_condition:  # kept per class, for same-class pairs
+            self.images = train
+            pairs = same_class_pairs(val, cfg.val_images, seeded_generator("val", cfg.seed))
+            self.val = binarised(pairs).to(self.device)
+        else:
+            self.images = train.flatten(0, 1)
+            val = seeded_subset(val.flatten(0, 1), cfg.val_images, "val", cfg.seed)
+            self.val = binarised(val).to(self.device)
         self.optimizers = {
             name: adam(params, cfg.lr, betas=tuple(cfg.betas))
             for name, params in self.model.parameter_groups().items()
@@ -155,11 +198,17 @@ class GenerativeTraining(Training):
         self.model.train()
         self.model.on_iteration(step, self.steps)
         generator = seeded_generator("generative", self.cfg.seed, step)
-        batch = torch.randint(len(self.images), (self.cfg.batch_size,), generator=generator)
-        losses = self.model.train_step(self.images[batch], self.optimizers, generator)
+        losses = self.model.train_step(self.batch(generator), self.optimizers, generator)
         for key, value in losses.items():
             self.window[key] = self.window.get(key, 0.0) + value
         self.window["n"] += 1
+
+    def batch(self, generator: torch.Generator) -> torch.Tensor:
+        """`batch_size` training drawings, or same-class pairs for a model that needs them."""
+        if self.model.needs_condition:
+            return same_class_pairs(self.images, self.cfg.batch_size, generator)
+        index = torch.randint(len(self.images), (self.cfg.batch_size,), generator=generator)
+        return self.images[index]
 
     def row(self, round: int, done: int) -> Row:
         self.model.eval()
@@ -195,13 +244,19 @@ class GenerativeEngine(Engine):
         "Fréchet distance (Conv-4 features, not FID)": "frechet_distance",
         "real-vs-real floor": "frechet_real_floor",
         "test NLL bound (nats/image)": "test_nll_bound",
+        "same class, samples (N-way NCM)": "same_class_accuracy_generated",
+        "same class, real drawings": "same_class_accuracy_real",
     }
     compare_note = (
         "The Fréchet distance is computed on the features of a Conv-4 classifier trained "
         "here on the meta-train classes, not on Inception features: it is not FID, and is "
         "comparable only between these experiments. The floor is the same distance between "
         "two disjoint sets of real meta-train drawings of the same size. The NLL bound "
-        "(VAE only) is the importance-weighted bound on test-alphabet drawings."
+        "(VAE only) is the importance-weighted bound on test-alphabet drawings. Same class (models "
+        "that condition on a drawing: VAE, DAGAN): the share of samples of a test-alphabet "
+        "drawing whose classifier features are nearest the mean of their source class among "
+        "N test classes (chance 1/N), beside the share of real held-out drawings so judged. "
+        "A DAGAN's Fréchet distance is of samples conditioned on the floor's second set."
     )
 
     def train(self, ctx: StageContext) -> None:
@@ -214,7 +269,8 @@ class GenerativeEngine(Engine):
         return model, (
             "model.sample(n, torch.Generator().manual_seed(s)) → (n, 1, 28, 28) drawings in "
             "[0, 1], strokes 1; model.samples_like(images, m, generator) → (B, m, 1, 28, 28) "
-            "new drawings of each image's class (None for a GAN); images binarised "
+            "new drawings of each image's class (None for an unconditional GAN; a DAGAN "
+            "has samples_like only); images binarised "
             "(pixel > 127 → 1, strokes light)"
         )
 
@@ -232,10 +288,13 @@ class GenerativeEngine(Engine):
             if hasattr(model, "importance_weighted_bound"):
                 metrics |= likelihood_bounds(model, ctx.data_dir, cfg, where, device)
             real = binarised(seeded_subset(train.flatten(0, 1), 2 * cfg.fd_samples, cfg.seed))
-            real_features = features(classifier, real.to(device))
-            generated = model.sample(cfg.fd_samples, seeded_generator("samples", cfg.seed))
+            real = real.to(device)
+            real_features = features(classifier, real)
+            half = len(real_features) // 2
+            # a DAGAN draws from the floor's half, disjoint from the half it is compared with
+            generator = seeded_generator("samples", cfg.seed)
+            generated = generated_images(model, cfg.fd_samples, real[half:], generator)
             fake_features = features(classifier, generated)
-        half = len(real_features) // 2
         metrics |= {
             "frechet_distance": frechet_distance(fake_features, real_features[:half]),
             "frechet_real_floor": frechet_distance(real_features[half:], real_features[:half]),
@@ -243,7 +302,11 @@ class GenerativeEngine(Engine):
             "feature_classifier_accuracy": accuracy,
             "feature_classifier_classes": cfg.feature_classifier.classes or len(train),
         }
-        return metrics
+        test = drawings(ctx.data_dir, "test", where)
+        judged = same_class_judgement(
+            classifier, test, model.samples_like, cfg.same_class, cfg.confidence
+        )
+        return metrics | (judged or {})
 
 
 def likelihood_bounds(

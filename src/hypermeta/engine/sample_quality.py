@@ -8,9 +8,20 @@ The classifier is a Conv-4 (`nn.Conv4`) trained to tell the meta-train classes a
 on binarised drawings 0–14 of each class; drawings 15–19 measure its accuracy. Trained
 from its own seed and settings, it is the same network in every experiment that asks for
 it with the same settings, so their distances share one feature space.
+
+Same-class judgement (`same_class_judgement`, for a model that can condition on a drawing:
+`samples_like`): does a sample look like its source drawing's class to this classifier?
+On classes the generator never saw (the test alphabets), each trial draws N classes and
+one of them, uniformly, as the source class; a source drawing x and a real held-out
+drawing r of it; the mean features of the other 18 drawings (all but x and r) of each of
+the N classes. A sample of x is judged of x's class when its features are nearest
+(Euclidean) to the source class's mean: an N-way nearest-class-mean judgement, chance
+1/N. The same judgement of r is the reference, what a real new drawing scores.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -19,8 +30,10 @@ from torch import Tensor
 
 from hypermeta.config import StrictModel
 from hypermeta.engine.device import adam
+from hypermeta.errors import HypermetaError
 from hypermeta.methods.generative_base import binarised
 from hypermeta.nn import Conv4
+from hypermeta.stats import mean_interval
 
 HELD_OUT_DRAWINGS = 5  # per class, the last ones: the classifier's accuracy is measured on them
 
@@ -32,6 +45,15 @@ class FeatureClassifierConfig(StrictModel):
     width: int = Field(32, gt=0, description="Conv-4 channels = feature dimensions")
     classes: int | None = Field(
         None, gt=1, description="a seeded subset of the meta-train classes to tell apart (all)"
+    )
+    seed: int = 0
+
+
+class SameClassConfig(StrictModel):
+    ways: int = Field(5, gt=1, description="N of the N-way nearest-class-mean judgement")
+    trials: int = Field(1000, gt=1, description="source drawings judged (one sample each)")
+    classes: int | None = Field(
+        None, gt=1, description="a seeded subset of the test classes the trials draw from (all)"
     )
     seed: int = 0
 
@@ -85,3 +107,50 @@ def frechet_distance(a: Tensor, b: Tensor) -> float:
     root_a = vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T
     cross = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp(min=0).sqrt().sum()
     return ((mean_a - mean_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * cross).item()
+
+
+SamplesLike = Callable[[Tensor, int, torch.Generator], Tensor | None]
+
+
+@torch.no_grad()
+def same_class_judgement(
+    classifier: Conv4,
+    drawings: Tensor,
+    samples_like: SamplesLike,
+    config: SameClassConfig,
+    confidence: float,
+) -> dict[str, float] | None:
+    """The N-way nearest-class-mean judgement of the module docstring, on `drawings`
+    (classes, drawings, 1, H, W) uint8 (test-alphabet classes, each with 3 or more): the
+    share of generated samples (`samples_like(sources, 1, generator)`, a
+    `GenerativeModel.samples_like`) judged of their source's class, and of real held-out
+    drawings, each with its CI half width over trials. None where `samples_like` gives None
+    (the model cannot condition)."""
+    generator = torch.Generator().manual_seed(config.seed)
+    if config.classes is not None and config.classes < len(drawings):
+        drawings = drawings[torch.randperm(len(drawings), generator=generator)[: config.classes]]
+    classes, per_class = drawings.shape[:2]
+    if classes < config.ways or per_class < 3:
+        raise HypermetaError(
+            f"the same-class judgement needs {config.ways} classes of 3 or more drawings; "
+            f"these are {classes} of {per_class}: lower same_class.ways or raise its classes."
+        )
+    device = next(classifier.parameters()).device
+    chosen = torch.stack(
+        [torch.randperm(classes, generator=generator)[: config.ways] for _ in range(config.trials)]
+    )  # (trials, ways), the source class first
+    order = torch.stack([torch.randperm(per_class, generator=generator) for _ in chosen])
+    images = binarised(drawings).to(device)
+    sources, held_out = images[chosen[:, 0], order[:, 0]], images[chosen[:, 0], order[:, 1]]
+    generated = samples_like(sources, 1, generator)
+    if generated is None:
+        return None
+    table = features(classifier, images.flatten(0, 1)).view(classes, per_class, -1)
+    means = table[chosen.unsqueeze(2), order[:, 2:].unsqueeze(1)].mean(2)  # (trials, ways, d)
+    metrics: dict[str, float] = {"same_class_ways": config.ways, "same_class_trials": config.trials}
+    for name, judged in (("generated", generated[:, 0]), ("real", held_out)):
+        distances = torch.cdist(features(classifier, judged).unsqueeze(1), means).squeeze(1)
+        correct = (distances.argmin(1) == 0).float().cpu()
+        key = f"same_class_accuracy_{name}"
+        metrics[key], metrics[f"{key}_ci95"] = mean_interval(correct, confidence)
+    return metrics

@@ -9,9 +9,9 @@ Losses, with D the sigmoid of the discriminator's logit and G(z) a generated ima
   discriminator  −mean log D(x) − mean log(1 − D(G(z)))
   generator      −mean log D(G(z))   (the non-saturating form)
 `GAN` is the training frame any generator/discriminator pair plugs into (`dcgan.py` its
-convolutional pair). A GAN has no encoder: `encode` projects an image onto the latent
-space by gradient descent on z, for the interpolation figures; it cannot augment a
-support set (`samples_like` is None).
+convolutional pair; `dagan.py` a conditional pair, through `discriminated`). A GAN has no
+encoder: `encode` projects an image onto the latent space by gradient descent on z, for
+the interpolation figures; it cannot augment a support set (`samples_like` is None).
 """
 
 from __future__ import annotations
@@ -90,6 +90,12 @@ class GAN(GenerativeModel):
         """Data in [−1, 1] → the discriminator's logits (B,)."""
         return self.discriminator(data).view(-1)
 
+    def discriminated(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """What the discriminator tells apart on a batch of training images: real data and
+        generated data, both in [−1, 1] (a DAGAN: pairs)."""
+        real = 2 * images - 1
+        return real, self.generate(normal((len(images), self.latent_size), generator, real))
+
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         return {
             "discriminator": list(self.discriminator.parameters()),
@@ -99,9 +105,7 @@ class GAN(GenerativeModel):
     def train_step(
         self, images: Tensor, optimizers: dict[str, Optimizer], generator: torch.Generator
     ) -> dict[str, float]:
-        real = 2 * images - 1
-        z = normal((len(images), self.latent_size), generator, real)
-        fake = self.generate(z)
+        real, fake = self.discriminated(images, generator)
         d_loss = discriminator_loss(self.critic(real), self.critic(fake.detach()))
         optimizers["discriminator"].zero_grad(set_to_none=True)
         d_loss.backward()
@@ -115,8 +119,7 @@ class GAN(GenerativeModel):
 
     @torch.no_grad()
     def validation(self, images: Tensor, generator: torch.Generator) -> dict[str, float]:
-        real = 2 * images - 1
-        fake = self.generate(normal((len(images), self.latent_size), generator, real))
+        real, fake = self.discriminated(images, generator)
         fake_logits = self.critic(fake)
         d_loss = discriminator_loss(self.critic(real), fake_logits)
         g_loss = generator_loss(fake_logits)

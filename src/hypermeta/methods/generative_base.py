@@ -28,6 +28,10 @@ def normal(shape: tuple[int, ...], generator: torch.Generator, like: Tensor) -> 
 
 class GenerativeModel(nn.Module, ABC):
     latent_size: int
+    # True (DAGAN): it draws only from a conditioning image. It trains on same-class pairs,
+    # (B, 2, 1, H, W) batches of two drawings of one class (the condition, then a target),
+    # and has no prior: `sample` is undefined and its drawings come from `samples_like`.
+    needs_condition: bool = False
 
     @abstractmethod
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
@@ -38,7 +42,8 @@ class GenerativeModel(nn.Module, ABC):
     def train_step(
         self, images: Tensor, optimizers: dict[str, Optimizer], generator: torch.Generator
     ) -> dict[str, float]:
-        """One update on a batch of training images; the losses it took."""
+        """One update on a batch of training images (pairs if `needs_condition`); the
+        losses it took."""
 
     @abstractmethod
     def validation(self, images: Tensor, generator: torch.Generator) -> dict[str, float]:

@@ -199,3 +199,23 @@ def test_augmented_meta_training_repeats_exactly_and_differs_from_plain(project,
     assert all(torch.equal(repeated[k], v) for k, v in states["a"].items())
     assert all(torch.equal(states["b"][k], v) for k, v in states["c"].items())
     assert not all(torch.equal(states["b"][k], v) for k, v in states["a"].items())
+
+
+def test_the_report_says_plainly_where_augmentation_does_not_help():
+    from hypermeta.report import augmentation_rows
+
+    record = {"augment_model": "vae", "augment_samples": 4}
+    record |= {"accuracy_5way_1shot": 0.9, "accuracy_5way_1shot_augmented": 0.92,
+               "accuracy_5way_1shot_augment_gain": 0.02,
+               "accuracy_5way_1shot_augment_gain_ci95": 0.01}  # fmt: skip
+    record |= {"accuracy_20way_1shot": 0.8, "accuracy_20way_1shot_augmented": 0.7,
+               "accuracy_20way_1shot_augment_gain": -0.1,
+               "accuracy_20way_1shot_augment_gain_ci95": 0.02}  # fmt: skip
+    rows, sentences = augmentation_rows({"proto": record})
+    assert rows[0] == ("proto", "5way 1shot", "vae, m = 4", "90.00%", "92.00%", "2.00% ± 1.00%")
+    assert rows[1][0] == "proto" and rows[1][1] == "20way 1shot"
+    assert any(row[0].startswith("published: Matching Networks") for row in rows)
+    assert sentences == [
+        "Augmenting with vae, m = 4 lowers the 20way 1shot accuracy of proto "
+        "(gain -10.00% ± 2.00%)."
+    ]

@@ -209,8 +209,12 @@ def augmentation_rows(
         for gain_key in sorted((k for k in m if k.endswith("_augment_gain")), key=natural_key):
             plain = gain_key.removesuffix("_augment_gain")
             setting = plain.removeprefix("accuracy_").replace("_", " ")
-            generator = f"{m['augment_model']}, m = {m['augment_samples']}"
-            cells = (format_metric(key, m) for key in (plain, f"{plain}_augmented", gain_key))
+            generator = (
+                f"{m['augment_model']}, m = {m['augment_samples']}, "
+                f"{m['augment_episodes']} episodes"
+            )
+            keys = (f"{plain}_augment_baseline", f"{plain}_augmented", gain_key)
+            cells = (format_metric(key, m) for key in keys)
             rows.append((name, setting, generator, *cells))
             gain, half = m[gain_key], m[f"{gain_key}_ci95"]
             if gain - half <= 0:

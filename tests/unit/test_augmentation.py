@@ -82,6 +82,7 @@ def test_no_generated_drawings_leave_the_accuracy_exactly(project, monkeypatch, 
     monkeypatch.chdir(project[0])
     metrics = evaluate(project, {"model": "vae", "samples": 0}, batchnorm)
     assert metrics["accuracy_5way_1shot_augmented"] == metrics["accuracy_5way_1shot"]
+    assert metrics["accuracy_5way_1shot_augment_baseline"] == metrics["accuracy_5way_1shot"]
     assert metrics["accuracy_5way_1shot_augment_gain"] == 0.0
     assert metrics["accuracy_5way_1shot_augment_gain_ci95"] == 0.0
 
@@ -94,6 +95,9 @@ def test_the_same_seed_gives_the_same_augmented_accuracy(project, monkeypatch):
     keys = ["accuracy_5way_1shot_augmented", "accuracy_5way_1shot_augment_gain"]
     assert [first[k] for k in keys] == [again[k] for k in keys]
     assert first["augment_samples"] == 2 and first["augment_model"] == "vae"
+    prefix = evaluate(project, {"model": "vae", "samples": 2, "episodes": 3})
+    assert prefix["augment_episodes"] == 3
+    assert prefix["accuracy_5way_1shot"] == first["accuracy_5way_1shot"]  # all 6 without
     assert other["accuracy_5way_1shot"] == first["accuracy_5way_1shot"]  # the same episodes
 
 
@@ -204,18 +208,19 @@ def test_augmented_meta_training_repeats_exactly_and_differs_from_plain(project,
 def test_the_report_says_plainly_where_augmentation_does_not_help():
     from hypermeta.report import augmentation_rows
 
-    record = {"augment_model": "vae", "augment_samples": 4}
-    record |= {"accuracy_5way_1shot": 0.9, "accuracy_5way_1shot_augmented": 0.92,
+    record = {"augment_model": "vae", "augment_samples": 4, "augment_episodes": 10}
+    record |= {"accuracy_5way_1shot_augment_baseline": 0.9, "accuracy_5way_1shot_augmented": 0.92,
                "accuracy_5way_1shot_augment_gain": 0.02,
                "accuracy_5way_1shot_augment_gain_ci95": 0.01}  # fmt: skip
-    record |= {"accuracy_20way_1shot": 0.8, "accuracy_20way_1shot_augmented": 0.7,
+    record |= {"accuracy_20way_1shot_augment_baseline": 0.8, "accuracy_20way_1shot_augmented": 0.7,
                "accuracy_20way_1shot_augment_gain": -0.1,
                "accuracy_20way_1shot_augment_gain_ci95": 0.02}  # fmt: skip
     rows, sentences = augmentation_rows({"proto": record})
-    assert rows[0] == ("proto", "5way 1shot", "vae, m = 4", "90.00%", "92.00%", "2.00% ± 1.00%")
+    generator = "vae, m = 4, 10 episodes"
+    assert rows[0] == ("proto", "5way 1shot", generator, "90.00%", "92.00%", "2.00% ± 1.00%")
     assert rows[1][0] == "proto" and rows[1][1] == "20way 1shot"
     assert any(row[0].startswith("published: Matching Networks") for row in rows)
     assert sentences == [
-        "Augmenting with vae, m = 4 lowers the 20way 1shot accuracy of proto "
+        "Augmenting with vae, m = 4, 10 episodes lowers the 20way 1shot accuracy of proto "
         "(gain -10.00% ± 2.00%)."
     ]

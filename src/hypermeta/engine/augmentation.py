@@ -61,6 +61,10 @@ class SupportAugmenter:
         self.model, self.samples, self.seed = model, samples, seed
         self.mean, self.std, self.encoder = mean, std, encoder
 
+    def test_key(self, setting: object) -> tuple[object, ...]:
+        """What seeds the drawings of a test setting's episodes (with their positions)."""
+        return ("augment", self.seed, setting)
+
     def drawings(self, episodes: Episodes, key: tuple[object, ...], first: int) -> torch.Tensor:
         """(B, N·K·m, C, H, W) normalised drawings, class-major as the support set; episode
         b's drawn from its support images alone, with a generator seeded by (`key`, first + b)."""

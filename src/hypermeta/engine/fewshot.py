@@ -119,6 +119,9 @@ class EvalAugment(SupportAugment):
         [EvalSetting(n_way=5, k_shot=1), EvalSetting(n_way=20, k_shot=1)],
         description="settings (of eval.settings) also evaluated augmented, on the same episodes",
     )
+    episodes: int | None = Field(
+        None, gt=0, description="augment the first n of each setting's test episodes (all: null)"
+    )
 
 
 class FewShotEval(StrictModel):
@@ -240,7 +243,7 @@ def episode_accuracies(
     `augment`: each support set augmented first, seeded by the episode's position."""
     if features is None and encode_split:
         features = encoded_split(learner, sampler, batchnorm, amp)
-    accuracies, key = [], ("augment", augment and augment.seed, setting)
+    accuracies, key = [], augment and augment.test_key(setting)
     for i, part in enumerate(progress(index.chunks(chunk), desc=f"{setting.name} episodes")):
         first = i * chunk
         if features is None:
@@ -321,13 +324,17 @@ def support_augmenter(
 def augmented_metrics(
     name: str, setting: EpisodeSetting, plain: torch.Tensor, augmented: torch.Tensor
 ) -> dict[str, Any]:
-    """Accuracy with augmentation ± its CI, and the paired gain over the same episodes."""
+    """Accuracy with augmentation ± its CI, and the paired gain over the same episodes
+    (`plain`: their accuracies without)."""
     mean, half = mean_interval(augmented, 0.95)
+    plain_mean, plain_half = mean_interval(plain, 0.95)
     gain, gain_half = paired_difference(plain, augmented, 0.95)
     key = f"accuracy_{setting.name}"
     print(f"[hypermeta] {name} {setting.name} augmented: {100 * mean:.2f} ± {100 * half:.2f}%, "
           f"paired gain {100 * gain:+.2f} ± {100 * gain_half:.2f} points")  # fmt: skip
     return {
+        f"{key}_augment_baseline": plain_mean,  # without, on the augmented episodes
+        f"{key}_augment_baseline_ci95": plain_half,
         f"{key}_augmented": mean,
         f"{key}_augmented_ci95": half,
         f"{key}_augment_gain": gain,
@@ -567,7 +574,11 @@ class FewShotEngine(Engine):
         }
         augment = cfg.augment and eval_augmenter(ctx, learner, saved["data_info"], device)
         if augment is not None:
-            metrics |= {"augment_model": cfg.augment.model, "augment_samples": augment.samples}
+            metrics |= {
+                "augment_model": cfg.augment.model,
+                "augment_samples": augment.samples,
+                "augment_episodes": min(cfg.augment.episodes or cfg.episodes, cfg.episodes),
+            }
         for item in cfg.settings:
             setting = EpisodeSetting(item.n_way, item.k_shot, cfg.query)
             if learner.max_way is not None and setting.n_way > learner.max_way:
@@ -595,11 +606,14 @@ class FewShotEngine(Engine):
                     f"{100 * mean:.2f} ± {100 * half:.2f}%"
                 )
                 if augment is not None and not suffix and item in cfg.augment.settings:
+                    n = cfg.augment.episodes
+                    first = EpisodeIndex(index.classes[:n], index.drawings[:n])
                     augmented = episode_accuracies(
-                        learner, sampler, setting, index, batchnorm, cfg.meta_batch,
+                        learner, sampler, setting, first, batchnorm, cfg.meta_batch,
                         exp.train.amp, features[batchnorm], augment=augment,
                     )  # fmt: skip
-                    metrics |= augmented_metrics(exp.name, setting, accuracies, augmented)
+                    plain = accuracies[: len(first)]
+                    metrics |= augmented_metrics(exp.name, setting, plain, augmented)
         if cfg.inner_steps_sweep:
             setting, sweep = inner_steps_accuracies(
                 learner, sampler, cfg, exp.train.amp, features[cfg.batchnorm]

@@ -1,7 +1,8 @@
 """The added cost of support-set augmentation per test episode (engine/augmentation.py):
-ms per episode of the few-shot engine's evaluation with and without `eval.augment`, for
-the learners and generator params.yaml pairs (at their architectures under the chosen
-profile; untrained weights, as speed does not depend on them), on random drawings.
+CPU ms per episode (one thread) of the few-shot engine's evaluation with and without
+`eval.augment`, for the learners and generator params.yaml pairs (at their architectures
+under the chosen profile; untrained weights, as speed does not depend on them), on random
+drawings.
 
     python benchmarks/bench_augmentation.py [--profile quick|paper] [--episodes 50]
 
@@ -35,10 +36,10 @@ def ms_per_episode(learner, sampler, setting, index, regime, augment) -> float:
     warm_up = EpisodeIndex(index.classes[:2], index.drawings[:2])
     episode_accuracies(learner, sampler, setting, warm_up, regime, 25, False, features,
                        encode_split=False, augment=augment)  # fmt: skip
-    began = time.perf_counter()
+    began = time.process_time()  # CPU time: robust to other jobs on a shared machine
     episode_accuracies(learner, sampler, setting, index, regime, 25, False, features,
                        encode_split=False, augment=augment)  # fmt: skip
-    return 1000 * (time.perf_counter() - began) / len(index)
+    return 1000 * (time.process_time() - began) / len(index)
 
 
 def main() -> None:
@@ -69,10 +70,11 @@ def main() -> None:
                 learner, sampler, setting, index, exp.eval.batchnorm, augment
             )
             rows.append({"experiment": name, "setting": setting.name, "generator": cfg.model,
-                         "samples": cfg.samples, "ms_per_episode": plain,
-                         "ms_per_episode_augmented": augmented})  # fmt: skip
-            print(f"{name:22s} {setting.name:12s} m={cfg.samples}  without {plain:8.1f} ms/episode"
-                  f"  with {augmented:8.1f}  (+{augmented - plain:.1f})", flush=True)  # fmt: skip
+                         "samples": cfg.samples, "cpu_ms_per_episode": plain,
+                         "cpu_ms_per_episode_augmented": augmented})  # fmt: skip
+            print(f"{name:22s} {setting.name:12s} m={cfg.samples}  CPU ms/episode: without "
+                  f"{plain:8.1f}  with {augmented:8.1f}  (+{augmented - plain:.1f})",
+                  flush=True)  # fmt: skip
     out = Path(__file__).parent / "results" / "augmentation.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"profile": args.profile, "threads": torch.get_num_threads(),

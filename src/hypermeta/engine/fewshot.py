@@ -19,6 +19,9 @@ over runs, `lake_within_alphabet_error` ± its 95% CI half width (`_ci95`), and 
 `eval.by_instance` scores a sequence learner (methods/sequence_base.py) on fixed, seeded
 test sequences (data/sequences.py) by the presentation of each class, Santoro et al.'s
 accuracy by instance: `accuracy_instance_<i>` ± `_ci95` over sequences.
+`eval.augment` (and `train.augment`) add to each support image m drawings of its class from
+a needed generative model (engine/augmentation.py): `accuracy_<setting>_augmented` on the
+same episodes, and `_augment_gain`, the paired difference ± its 95% CI.
 """
 
 from __future__ import annotations

@@ -224,3 +224,16 @@ def test_the_report_says_plainly_where_augmentation_does_not_help():
         "Augmenting with vae, m = 4, 10 episodes lowers the 20way 1shot accuracy of proto "
         "(gain -10.00% ± 2.00%)."
     ]
+
+
+def test_visualize_draws_one_augmented_support_set(project, monkeypatch):
+    from hypermeta.plots.fewshot import FewShotPlotter
+
+    root, data_dir = project
+    monkeypatch.chdir(root)
+    exp = fewshot_experiment(protonet_section({"model": "vae", "samples": 2}), name="proto")
+    paths = FewShotPlotter().visualize(stage_context(exp, data_dir, root))
+    assert root / "plots" / "proto" / "augmented_support.png" in paths
+    plain = fewshot_experiment(protonet_section(None), name="proto")
+    paths = FewShotPlotter().visualize(stage_context(plain, data_dir, root))
+    assert not any(path.name == "augmented_support.png" for path in paths)

@@ -16,6 +16,7 @@ from hypermeta.paper_check import (
     estimate,
     parse_overrides,
     set_arguments,
+    with_needs,
     workspace_lock,
     workspace_params,
 )
@@ -41,8 +42,10 @@ def test_overrides_are_section_keys_with_yaml_values():
 def test_the_workspace_holds_the_named_experiments_at_paper_scale_and_their_data(tmp_path):
     raw = load_raw(ROOT / "params.yaml")
     overrides = {"train.iterations": 60}
-    params = workspace_params(raw, ["protonet_omniglot"], overrides, ROOT)
-    assert params["profile"] == "paper" and list(params["experiments"]) == ["protonet_omniglot"]
+    names = with_needs(raw, ["protonet_omniglot"])  # its eval.augment's VAE first
+    assert names == ["vae_omniglot_vinyals", "protonet_omniglot"]
+    params = workspace_params(raw, names, overrides, ROOT)
+    assert params["profile"] == "paper" and list(params["experiments"]) == names
     assert list(params["references"]) == ["protonet_omniglot"]
     assert params["data"]["datasets"]["paper"] == ["omniglot"]
     assert raw["experiments"]["protonet_omniglot"]["profiles"].get("paper") is None  # a copy

@@ -19,6 +19,9 @@ over runs, `lake_within_alphabet_error` ± its 95% CI half width (`_ci95`), and 
 `eval.by_instance` scores a sequence learner (methods/sequence_base.py) on fixed, seeded
 test sequences (data/sequences.py) by the presentation of each class, Santoro et al.'s
 accuracy by instance: `accuracy_instance_<i>` ± `_ci95` over sequences.
+`eval.augment` (and `train.augment`) add to each support image m drawings of its class from
+a needed generative model (engine/augmentation.py): `accuracy_<setting>_augmented` on the
+same episodes, and `_augment_gain`, the paired difference ± its 95% CI.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from hypermeta.data.one_shot import class_alphabets, lake_setting, within_alphab
 from hypermeta.data.prepare import load_manifest, load_split
 from hypermeta.data.sequences import fixed_sequences, gather_sequences, sequence_setting
 from hypermeta.engine import register
+from hypermeta.engine.augmentation import SupportAugment, SupportAugmenter, support_generator
 from hypermeta.engine.base import Engine, StageContext
 from hypermeta.engine.classification import build_model, load_trained, standardization
 from hypermeta.engine.device import DeviceName, adam, autocast, resolve_device
@@ -54,7 +58,7 @@ from hypermeta.methods.fewshot_base import RETIRED_REGIMES, BatchNormRegime, Few
 from hypermeta.methods.sequence_base import SequenceLearner
 from hypermeta.nn.inference import inference_copy
 from hypermeta.progress import progress
-from hypermeta.stats import mean_interval
+from hypermeta.stats import mean_interval, paired_difference
 
 
 class FewShotTrain(StrictModel):
@@ -73,6 +77,9 @@ class FewShotTrain(StrictModel):
     seed: int = 0
     device: DeviceName = "auto"
     amp: bool = Field(False, description="bf16 autocast on CUDA")
+    augment: SupportAugment | None = Field(
+        None, description="meta-train on support sets augmented by a generative model"
+    )
 
 
 class EvalSetting(StrictModel):
@@ -110,6 +117,16 @@ class InstanceEval(StrictModel):
         return self
 
 
+class EvalAugment(SupportAugment):
+    settings: list[EvalSetting] = Field(
+        [EvalSetting(n_way=5, k_shot=1), EvalSetting(n_way=20, k_shot=1)],
+        description="settings (of eval.settings) also evaluated augmented, on the same episodes",
+    )
+    episodes: int | None = Field(
+        None, gt=0, description="augment the first n of each setting's test episodes (all: null)"
+    )
+
+
 class FewShotEval(StrictModel):
     batchnorm: Regime = Field(description="batch-norm regime at meta-test (BATCHNORM_REGIMES)")
     also_batchnorm: list[Regime] = Field(
@@ -140,6 +157,11 @@ class FewShotEval(StrictModel):
     by_instance: InstanceEval | None = Field(
         None, description="accuracy by instance on fixed test sequences (sequence learners)"
     )
+    augment: EvalAugment | None = Field(
+        None,
+        description="also evaluate with support sets augmented by a generative model "
+        "(engine/augmentation.py): metrics accuracy_<setting>_augmented, augment_gain_<setting>",
+    )
 
     @model_validator(mode="after")
     def _regimes_differ(self) -> FewShotEval:
@@ -148,6 +170,13 @@ class FewShotEval(StrictModel):
             raise ValueError(f"also_batchnorm repeats a regime already evaluated: {regimes}")
         if len(set(self.inner_steps_sweep)) != len(self.inner_steps_sweep):
             raise ValueError(f"inner_steps_sweep repeats a count: {self.inner_steps_sweep}")
+        if self.augment and (
+            missing := [s for s in self.augment.settings if s not in self.settings]
+        ):
+            raise ValueError(
+                f"augment.settings {[f'{s.n_way}way_{s.k_shot}shot' for s in missing]} are not "
+                "in settings: the augmented pass reuses their episodes; add them to settings"
+            )
         return self
 
     def regimes(self) -> list[tuple[BatchNormRegime, str]]:
@@ -208,20 +237,27 @@ def episode_accuracies(
     amp: bool,
     features: EpisodeSampler | None = None,
     encode_split: bool = True,
+    augment: SupportAugmenter | None = None,
 ) -> torch.Tensor:
     """Query accuracy of each episode in `index`, (E,). `features`: `sampler` encoded by
     `encoded_split` for this regime, when the caller keeps it for several settings; else
     the split is encoded here if the learner allows, unless `encode_split` is False (for a
-    few episodes, encoding their images per episode is cheaper than the whole split)."""
+    few episodes, encoding their images per episode is cheaper than the whole split).
+    `augment`: each support set augmented first, seeded by the episode's position."""
     if features is None and encode_split:
         features = encoded_split(learner, sampler, batchnorm, amp)
-    accuracies = []
-    for part in progress(index.chunks(chunk), desc=f"{setting.name} episodes"):
+    accuracies, key = [], augment and augment.test_key(setting)
+    for i, part in enumerate(progress(index.chunks(chunk), desc=f"{setting.name} episodes")):
+        first = i * chunk
         if features is None:
             episodes = sampler.gather(setting, part)
+            if augment is not None:
+                episodes = augment.augmented(episodes, key, first)
             logits = episode_logits(learner, episodes, batchnorm, amp)
         else:
             episodes = features.gather(setting, part)
+            if augment is not None:
+                episodes = augment.augmented(sampler.gather(setting, part), key, first, episodes)
             with torch.no_grad():
                 logits = learner.feature_logits(episodes).float()
         accuracies.append((logits.argmax(-1) == episodes.query_y).float().mean(1).cpu())
@@ -251,6 +287,62 @@ def check_regimes(learner: FewShotLearner, cfg: FewShotEval, where: str) -> None
             f"{where}.by_instance is set, but {type(learner).__name__} does not read labelled "
             "sequences (methods/sequence_base.py); remove by_instance."
         )
+
+
+def check_augment(learner: FewShotLearner, ctx: StageContext, device: torch.device) -> None:
+    """Refuse, before training: a generator of `train.augment` or `eval.augment` that is not
+    under needs: or cannot draw samples of a given image's class, an augmented setting over
+    a fixed-size head, and augmented meta-training of a learner that trains on features."""
+    exp = ctx.experiment
+    where = f"experiments.{exp.name}"
+    for section, augment in (("train", exp.train.augment), ("eval", exp.eval.augment)):
+        if augment is not None:
+            support_generator(ctx.needed_model(augment.model), f"{where}.{section}.augment", device)
+    for index, item in enumerate(exp.eval.augment.settings if exp.eval.augment else []):
+        check_ways(learner, item.n_way, f"{where}.eval.augment.settings.{index}.n_way",
+                   "remove that setting (a model with a larger head can augment it)")  # fmt: skip
+    if exp.train.augment is not None and learner.image_encoder() is not None:
+        raise HypermetaError(
+            f"{where}.train.augment is set, but {type(learner).__name__} meta-trains on the "
+            "features of a frozen encoder, not on images; remove train.augment."
+        )
+
+
+def support_augmenter(
+    ctx: StageContext,
+    augment: SupportAugment,
+    info: dict,
+    device: torch.device,
+    encoder: torch.nn.Module | None = None,
+) -> SupportAugmenter:
+    """The augmenter of `augment` over images normalised as in `info` (with `encoder`:
+    appending encoded drawings to episodes of its features)."""
+    where = f"experiments.{ctx.experiment.name}: augment.model"
+    model = support_generator(ctx.needed_model(augment.model), where, device)
+    return SupportAugmenter(
+        model, augment.samples, augment.seed, info["mean"], info["std"], encoder
+    )
+
+
+def augmented_metrics(
+    name: str, setting: EpisodeSetting, plain: torch.Tensor, augmented: torch.Tensor
+) -> dict[str, Any]:
+    """Accuracy with augmentation ± its CI, and the paired gain over the same episodes
+    (`plain`: their accuracies without)."""
+    mean, half = mean_interval(augmented, 0.95)
+    plain_mean, plain_half = mean_interval(plain, 0.95)
+    gain, gain_half = paired_difference(plain, augmented, 0.95)
+    key = f"accuracy_{setting.name}"
+    print(f"[hypermeta] {name} {setting.name} augmented: {100 * mean:.2f} ± {100 * half:.2f}%, "
+          f"paired gain {100 * gain:+.2f} ± {100 * gain_half:.2f} points")  # fmt: skip
+    return {
+        f"{key}_augment_baseline": plain_mean,  # without, on the augmented episodes
+        f"{key}_augment_baseline_ci95": plain_half,
+        f"{key}_augmented": mean,
+        f"{key}_augmented_ci95": half,
+        f"{key}_augment_gain": gain,
+        f"{key}_augment_gain_ci95": gain_half,
+    }
 
 
 def inner_steps_accuracies(
@@ -326,6 +418,8 @@ class FewShotTraining(Training):
             "make it agree with n_way in the model section",
         )
         check_regimes(self.learner, exp.eval, f"experiments.{exp.name}.eval")
+        check_augment(self.learner, ctx, self.device)
+        self.augment = cfg.augment and support_augmenter(ctx, cfg.augment, self.info, self.device)
         start_from = get_method(exp.method).start_from
         if start_from is not None:
             start_from(self.learner, {n: load_trained(ctx.needed_model(n))[0] for n in exp.needs})
@@ -373,6 +467,8 @@ class FewShotTraining(Training):
         episodes = self.train_sampler.sample(
             self.setting, self.cfg.meta_batch, seeded_generator("train", self.cfg.seed, step)
         )
+        if self.augment is not None:
+            episodes = self.augment.augmented(episodes, ("augment-train", self.augment.seed, step))
         self.lr = self.optimizer.param_groups[0]["lr"]
         with autocast(self.device, self.cfg.amp):
             stats = self.learner.meta_step(episodes, self.optimizer)
@@ -479,6 +575,13 @@ class FewShotEngine(Engine):
         features = {
             mode: encoded_split(learner, sampler, mode, exp.train.amp) for mode, _ in cfg.regimes()
         }
+        augment = cfg.augment and eval_augmenter(ctx, learner, saved["data_info"], device)
+        if augment is not None:
+            metrics |= {
+                "augment_model": cfg.augment.model,
+                "augment_samples": augment.samples,
+                "augment_episodes": min(cfg.augment.episodes or cfg.episodes, cfg.episodes),
+            }
         for item in cfg.settings:
             setting = EpisodeSetting(item.n_way, item.k_shot, cfg.query)
             if learner.max_way is not None and setting.n_way > learner.max_way:
@@ -505,6 +608,15 @@ class FewShotEngine(Engine):
                     f"[hypermeta] {exp.name} {setting.name} ({batchnorm} batch norm): "
                     f"{100 * mean:.2f} ± {100 * half:.2f}%"
                 )
+                if augment is not None and not suffix and item in cfg.augment.settings:
+                    n = cfg.augment.episodes
+                    first = EpisodeIndex(index.classes[:n], index.drawings[:n])
+                    augmented = episode_accuracies(
+                        learner, sampler, setting, first, batchnorm, cfg.meta_batch,
+                        exp.train.amp, features[batchnorm], augment=augment,
+                    )  # fmt: skip
+                    plain = accuracies[: len(first)]
+                    metrics |= augmented_metrics(exp.name, setting, plain, augmented)
         if cfg.inner_steps_sweep:
             setting, sweep = inner_steps_accuracies(
                 learner, sampler, cfg, exp.train.amp, features[cfg.batchnorm]
@@ -522,6 +634,18 @@ class FewShotEngine(Engine):
                 lake_metrics(learner, sampler, ctx, cfg, exp.train.amp, features[cfg.batchnorm])
             )
         return metrics
+
+
+def eval_augmenter(
+    ctx: StageContext, learner: FewShotLearner, info: dict, device: torch.device
+) -> SupportAugmenter:
+    """`eval.augment`'s augmenter in the `eval.batchnorm` regime: for a learner with an
+    `image_encoder` there, drawings are encoded by the same inference copy as the split."""
+    cfg: FewShotEval = ctx.experiment.eval
+    with learner.meta_test(cfg.batchnorm):
+        encoder = learner.image_encoder()
+        encoder = inference_copy(encoder) if encoder is not None else None
+    return support_augmenter(ctx, cfg.augment, info, device, encoder)
 
 
 def instance_metrics(

@@ -31,6 +31,7 @@ from hypermeta.engine.classification import load_trained
 from hypermeta.engine.fewshot import (
     FewShotEval,
     episode_logits,
+    eval_augmenter,
     inner_steps_accuracies,
     split_sampler,
 )
@@ -39,6 +40,7 @@ from hypermeta.methods.fewshot_base import BATCHNORM_REGIMES, FewShotLearner
 from hypermeta.methods.sequence_base import SequenceLearner
 from hypermeta.plots import register
 from hypermeta.plots.base import Plotter
+from hypermeta.plots.generative import save_pictures, tiled
 from hypermeta.stats import mean_interval
 from hypermeta.viz import (
     save_attention_maps,
@@ -97,6 +99,7 @@ class FewShotPlotter(Plotter):
             *inner_steps_curve(ctx, learner, sampler),
             *memory_trace(ctx, learner, sampler),
             *attention_map_figure(ctx, learner, sampler),
+            *augmented_support(ctx, learner, sampler, saved["data_info"]),
         ]
 
     @staticmethod
@@ -192,6 +195,34 @@ def attention_map_figure(
             ctx.plots_dir / "attention_maps.png",
             f"{exp.name}: attention over a {setting.name} test episode",
             caption,
+        )
+    ]
+
+
+def augmented_support(
+    ctx: StageContext, learner: FewShotLearner, sampler: EpisodeSampler, info: dict[str, Any]
+) -> list[Path]:
+    """The support set of the first test episode of the first augmented setting, each real
+    drawing followed by the m drawings the evaluation appended to it; nothing without
+    eval.augment."""
+    cfg: FewShotEval = ctx.experiment.eval
+    if cfg.augment is None or cfg.augment.samples == 0:
+        return []
+    augment = eval_augmenter(ctx, learner, info, torch.device("cpu"))
+    first = cfg.augment.settings[0]
+    setting = EpisodeSetting(first.n_way, first.k_shot, cfg.query)
+    index = sampler.fixed_episodes(setting, cfg.episodes, cfg.seed).chunks(1)[0]
+    episodes = sampler.gather(setting, index)
+    drawn = augment.drawings(episodes, augment.test_key(setting), 0)[0] * sampler.std + sampler.mean
+    real = episodes.support_x[0] * sampler.std + sampler.mean
+    rows = torch.cat([real.unsqueeze(1), drawn.unflatten(0, (len(real), -1))], 1)
+    picture = tiled(rows.flatten(0, 1).clamp(0, 1), 1 + augment.samples)
+    return [
+        save_pictures(
+            {"each row: a support drawing, then its generated ones": picture},
+            ctx.plots_dir / "augmented_support.png",
+            f"{ctx.experiment.name}: a {setting.name} support set augmented by "
+            f"{cfg.augment.model} (m = {augment.samples})",
         )
     ]
 

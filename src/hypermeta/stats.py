@@ -39,3 +39,17 @@ def mean_interval(values: torch.Tensor, confidence: float = 0.95) -> tuple[float
 
     t = float(stdtrit(n - 1, 0.5 + confidence / 2))
     return (mean, t * values.std().item() / math.sqrt(n))
+
+
+def paired_difference_ci(
+    treated: torch.Tensor, baseline: torch.Tensor, confidence: float = 0.95
+) -> tuple[float, float]:
+    """Mean of treated - baseline over the same units (test episodes) ± the paired
+    Student-t half width: the spread of the per-unit differences, not of each arm, so
+    what the two share (an episode's difficulty) cancels."""
+    if treated.shape != baseline.shape:
+        raise ValueError(
+            f"paired values must match one to one: shapes {tuple(treated.shape)} and "
+            f"{tuple(baseline.shape)}"
+        )
+    return mean_interval(treated.double() - baseline.double(), confidence)

@@ -138,6 +138,30 @@ def ways_note(record: dict[str, Any]) -> str:
     return f"Ways: {record['classifier_ways']}." if "classifier_ways" in record else ""
 
 
+def paired_note(record: dict[str, Any]) -> str:
+    """`eval.paired_with` in words: each setting's accuracy beside the baseline's on the same
+    test episodes, the paired difference ± its 95% CI, and, where that interval holds 0, that
+    no difference was measured; "" for a record without a paired baseline."""
+    if "paired_with" not in record:
+        return ""
+    parts = []
+    for key in sorted((k for k in record if k.endswith("_difference")), key=natural_key):
+        metric = key.removesuffix("_difference")
+        difference, half = record[key], record[f"{key}_ci95"]
+        part = (
+            f"{metric.removeprefix('accuracy_')}: {100 * record[metric]:.2f}% vs "
+            f"{100 * record[f'{metric}_baseline']:.2f}%, difference {100 * difference:+.2f} "
+            f"± {100 * half:.2f} points"
+        )
+        if abs(difference) <= half:
+            part += ", inside its paired 95% CI: no difference measured"
+        parts.append(part)
+    return (
+        f"Paired with {record['paired_with']} (differs in {record['paired_differs_in']}), "
+        f"on the same test episodes: {'; '.join(parts)}."
+    )
+
+
 def model_note(exp: Experiment) -> str:
     """The experiment's method variant in words (MethodSpec.describe); "" when it has none."""
     describe = get_method(exp.method).describe
@@ -532,6 +556,7 @@ def write_report(params: Params, staging: Path, records: dict[str, PaperRecord])
             model_note(exp),
             batchnorm_note(metrics),
             ways_note(metrics),
+            paired_note(metrics),
         ]
         note = " ".join(filter(None, notes))
         md += [f"## {title}", "", note, "", _markdown_table(header, rows), ""]

@@ -289,3 +289,24 @@ def save_attention_maps(
     figure.suptitle(title, fontsize=10)
     figure.text(0.5, -0.04, caption, ha="center", va="top", fontsize=7, wrap=True)
     return _save(figure, path)
+
+
+def tiled(images: torch.Tensor, columns: int) -> torch.Tensor:
+    """(N, 1, H, W) → one (rows·H, columns·W) picture, white gaps between cells."""
+    n, _, h, w = images.shape
+    rows = -(-n // columns)
+    canvas = torch.ones(rows * (h + 1), columns * (w + 1))
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        canvas[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = image[0]
+    return canvas
+
+
+def save_pictures(panels: dict[str, torch.Tensor], path: Path, title: str) -> Path:
+    figure, axes = pyplot().subplots(1, len(panels), figsize=(4 * len(panels), 4.4), squeeze=False)
+    for ax, (name, picture) in zip(axes[0], panels.items(), strict=True):
+        ax.imshow(picture.cpu(), cmap="gray_r", vmin=0, vmax=1)
+        ax.set_title(name)
+        ax.axis("off")
+    figure.suptitle(title)
+    return _save(figure, path)

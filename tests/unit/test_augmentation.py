@@ -4,8 +4,6 @@ gives the same result, the paired CI is the hand-computed one, and the refusals.
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from fewshot_helpers import fewshot_experiment, prepared_omniglot_small, stage_context
@@ -18,7 +16,6 @@ from hypermeta.engine.fewshot import FewShotEngine, episode_accuracies, split_sa
 from hypermeta.errors import HypermetaError
 from hypermeta.methods.protonet import PrototypicalNetwork
 from hypermeta.nn.conv4 import Conv4
-from hypermeta.stats import paired_difference
 
 TRAIN = {"n_way": 5, "query": 2, "meta_batch": 2, "iterations": 2, "val_every": 2,
          "val_episodes": 2, "device": "cpu"}  # fmt: skip
@@ -64,17 +61,6 @@ def evaluate(project, augment: dict | None, batchnorm: str = "running_stats") ->
     root, data_dir = project
     exp = fewshot_experiment(protonet_section(augment, batchnorm), name="proto")
     return FewShotEngine().evaluate(stage_context(exp, data_dir, root))
-
-
-def test_paired_difference_is_the_hand_computed_interval():
-    before = torch.tensor([0.5, 0.6, 0.7, 0.8])
-    after = torch.tensor([0.6, 0.6, 0.9, 0.9])
-    # differences 0.1, 0, 0.2, 0.1: mean 0.1, sample std sqrt(0.02 / 3); t(0.975, 3) = 3.1824
-    gain, half = paired_difference(before, after)
-    assert gain == pytest.approx(0.1)
-    assert half == pytest.approx(3.18245 * math.sqrt(0.02 / 3) / 2, rel=1e-5)
-    with pytest.raises(ValueError, match="differ in shape"):
-        paired_difference(before, after[:3])
 
 
 @pytest.mark.parametrize("batchnorm", ["running_stats", "transductive"])  # features, images

@@ -22,3 +22,18 @@ def test_mean_interval_over_many_samples_is_close_to_normal():
 
 def test_mean_interval_of_one_sample_has_no_width():
     assert mean_interval(torch.tensor([0.7])) == pytest.approx((0.7, 0.0))
+
+
+def test_paired_difference_is_the_t_interval_of_the_differences():
+    from hypermeta.stats import paired_difference
+
+    treated = torch.tensor([0.9, 0.8, 1.0, 0.7])
+    baseline = torch.tensor([0.8, 0.8, 0.9, 0.5])
+    # differences 0.1, 0, 0.1, 0.2: mean 0.1, sample std sqrt(0.02 / 3); t_{0.975, 3} = 3.1824
+    mean, half = paired_difference(baseline, treated)
+    assert mean == pytest.approx(0.1)
+    assert half == pytest.approx(3.18245 * math.sqrt(0.02 / 3) / 2, rel=1e-4)
+    # unpaired, each arm's spread would give a far wider interval
+    assert half < mean_interval(treated)[1]
+    with pytest.raises(ValueError, match="differ in shape"):
+        paired_difference(torch.zeros(3), torch.zeros(4))

@@ -52,6 +52,7 @@ from hypermeta.engine.classification import build_model, load_trained, standardi
 from hypermeta.engine.device import DeviceName, adam, autocast, resolve_device
 from hypermeta.engine.loop import Row, Training, fit_stage, on_cpu, save_trained
 from hypermeta.engine.schedule import lr_scheduler
+from hypermeta.engine.task_generation import GeneratedTasks, with_generated_tasks
 from hypermeta.errors import HypermetaError
 from hypermeta.methods import get_method
 from hypermeta.methods.fewshot_base import RETIRED_REGIMES, BatchNormRegime, FewShotLearner
@@ -79,6 +80,9 @@ class FewShotTrain(StrictModel):
     amp: bool = Field(False, description="bf16 autocast on CUDA")
     augment: SupportAugment | None = Field(
         None, description="meta-train on support sets augmented by a generative model"
+    )
+    generated_tasks: GeneratedTasks | None = Field(
+        None, description="synthetic classes from a generative model mixed into meta-training"
     )
 
 
@@ -161,6 +165,11 @@ class FewShotEval(StrictModel):
         None,
         description="also evaluate with support sets augmented by a generative model "
         "(engine/augmentation.py): metrics accuracy_<setting>_augmented, augment_gain_<setting>",
+    )
+    paired_with: str | None = Field(
+        None,
+        description="a needed few-shot experiment evaluated on the same episodes: metrics "
+        "accuracy_<setting>_baseline and the paired accuracy_<setting>_difference ± _ci95",
     )
 
     @model_validator(mode="after")
@@ -406,6 +415,12 @@ class FewShotTraining(Training):
         self.train_sampler.check(self.setting, f"experiments.{exp.name}.train (train split)")
         self.val_sampler.check(self.setting, f"experiments.{exp.name}.train (val split)")
         self.val_index = self.val_sampler.fixed_episodes(self.setting, cfg.val_episodes, cfg.seed)
+        self.generated_preview = None
+        if cfg.generated_tasks is not None:  # engine/task_generation.py
+            self.train_sampler, self.generated_preview = with_generated_tasks(
+                self.train_sampler, cfg.generated_tasks, ctx, self.info, cfg.seed
+            )
+            self.train_sampler.check(self.setting, f"experiments.{exp.name}.train")
 
         torch.manual_seed(cfg.seed)
         self.learner = build_model(exp.section, self.info).to(self.device)
@@ -515,6 +530,7 @@ class FewShotTraining(Training):
             "experiment": self.exp.section,
             "data_info": self.info,
             "state_dict": on_cpu(self.learner.state_dict()),
+            **({"generated_classes": self.generated_preview} if self.generated_preview else {}),
         }
 
 
@@ -582,6 +598,11 @@ class FewShotEngine(Engine):
                 "augment_samples": augment.samples,
                 "augment_episodes": min(cfg.augment.episodes or cfg.episodes, cfg.episodes),
             }
+        baseline = None
+        if cfg.paired_with is not None:
+            baseline, differs = paired_baseline(ctx, saved, device)
+            baseline_features = encoded_split(baseline, sampler, cfg.batchnorm, exp.train.amp)
+            metrics |= {"paired_with": cfg.paired_with, "paired_differs_in": differs}
         for item in cfg.settings:
             setting = EpisodeSetting(item.n_way, item.k_shot, cfg.query)
             if learner.max_way is not None and setting.n_way > learner.max_way:
@@ -617,6 +638,12 @@ class FewShotEngine(Engine):
                     )  # fmt: skip
                     plain = accuracies[: len(first)]
                     metrics |= augmented_metrics(exp.name, setting, plain, augmented)
+                if baseline is not None and batchnorm == cfg.batchnorm:
+                    theirs = episode_accuracies(
+                        baseline, sampler, setting, index, batchnorm, cfg.meta_batch,
+                        exp.train.amp, baseline_features,
+                    )  # fmt: skip
+                    metrics |= paired_metrics(key, accuracies, theirs)
         if cfg.inner_steps_sweep:
             setting, sweep = inner_steps_accuracies(
                 learner, sampler, cfg, exp.train.amp, features[cfg.batchnorm]
@@ -646,6 +673,51 @@ def eval_augmenter(
         encoder = learner.image_encoder()
         encoder = inference_copy(encoder) if encoder is not None else None
     return support_augmenter(ctx, cfg.augment, info, device, encoder)
+
+
+def paired_baseline(
+    ctx: StageContext, saved: dict[str, Any], device: torch.device
+) -> tuple[FewShotLearner, str]:
+    """`eval.paired_with`'s trained learner, on `device`, and the dotted keys of its
+    method, model and train sections that differ from this experiment's, in words; refused
+    unless it is a few-shot learner of the same prepared data (else its test episodes differ)
+    implementing this experiment's batch-norm regime."""
+    exp = ctx.experiment
+    where = f"experiments.{exp.name}.eval.paired_with"
+    baseline, theirs = load_trained(ctx.needed_model(exp.eval.paired_with))
+    if not isinstance(baseline, FewShotLearner):
+        raise HypermetaError(f"{where} names {exp.eval.paired_with!r}, not a few-shot learner; "
+                             "name one evaluated on the same episodes.")  # fmt: skip
+    if theirs["data_info"]["tensor_md5"] != saved["data_info"]["tensor_md5"]:
+        raise HypermetaError(
+            f"{where}: {exp.eval.paired_with!r} was trained on other prepared data, so its "
+            "test episodes are not these; give both experiments the same dataset and split."
+        )
+    baseline.check_batchnorm(exp.eval.batchnorm, f"experiments.{exp.name}.eval.batchnorm")
+    ours = {key: saved["experiment"].get(key) for key in ("method", "model", "train")}
+    differs = differing_keys(ours, {key: theirs["experiment"].get(key) for key in ours})
+    return baseline.to(device), ", ".join(differs) or "nothing"
+
+
+def differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """The dotted keys at which two nested sections differ."""
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return [] if a == b else [prefix.rstrip(".")]
+    keys = sorted(set(a) | set(b))
+    return [d for key in keys for d in differing_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
+
+
+def paired_metrics(key: str, ours: torch.Tensor, theirs: torch.Tensor) -> dict[str, float]:
+    """The baseline's accuracy on the same episodes (± its CI) and the paired difference
+    ours - baseline ± the paired 95% CI over episodes."""
+    mean, half = mean_interval(theirs, 0.95)
+    difference, difference_half = paired_difference(theirs, ours, 0.95)
+    return {
+        f"{key}_baseline": mean,
+        f"{key}_baseline_ci95": half,
+        f"{key}_difference": difference,
+        f"{key}_difference_ci95": difference_half,
+    }
 
 
 def instance_metrics(

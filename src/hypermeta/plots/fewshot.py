@@ -8,9 +8,12 @@ alphabet (`task_codes`), its attention over one test episode per attention layer
 (`attention_maps`), and accuracy against the number of inner steps (`with_inner_steps`,
 when `eval.inner_steps_sweep` lists counts). For a sequence learner with
 `eval.by_instance`, what each step of the first test sequence reads and writes in its
-memory (`sequence_trace`); compare draws the group's accuracy by instance on one plot
-(Santoro et al.'s Figure 2) from the evaluate stage's metrics, which the report stage
-already reads, so no experiment needs another's model for it."""
+memory (`sequence_trace`). For a learner meta-trained with `train.generated_tasks`, a
+few of the synthetic classes it was given, each row a class's drawings between one
+drawing of each of its two source classes (engine/task_generation.py). Compare draws
+the group's accuracy by instance on one plot (Santoro et al.'s Figure 2) from the
+evaluate stage's metrics, which the report stage already reads, so no experiment needs
+another's model for it."""
 
 from __future__ import annotations
 
@@ -40,7 +43,6 @@ from hypermeta.methods.fewshot_base import BATCHNORM_REGIMES, FewShotLearner
 from hypermeta.methods.sequence_base import SequenceLearner
 from hypermeta.plots import register
 from hypermeta.plots.base import Plotter
-from hypermeta.plots.generative import save_pictures, tiled
 from hypermeta.stats import mean_interval
 from hypermeta.viz import (
     save_attention_maps,
@@ -50,7 +52,9 @@ from hypermeta.viz import (
     save_head_rows,
     save_interval_curves,
     save_memory_trace,
+    save_pictures,
     save_scatter,
+    tiled,
 )
 
 
@@ -100,6 +104,7 @@ class FewShotPlotter(Plotter):
             *memory_trace(ctx, learner, sampler),
             *attention_map_figure(ctx, learner, sampler),
             *augmented_support(ctx, learner, sampler, saved["data_info"]),
+            *generated_classes_figure(ctx, saved),
         ]
 
     @staticmethod
@@ -398,6 +403,25 @@ def instance_curves(contexts: list[StageContext], out_dir: Path, title: str) -> 
             "instance (presentation of a class)",
             "accuracy",
             references,
+        )
+    ]
+
+
+def generated_classes_figure(ctx: StageContext, saved: dict[str, Any]) -> list[Path]:
+    """The first synthetic classes of meta-training, one row each: a drawing of its first
+    source class, 10 of its drawings, a drawing of its second; [] without generated tasks."""
+    preview = saved.get("generated_classes")
+    if preview is None:
+        return []
+    drawings = preview["classes"][:, :10]
+    rows = torch.cat([preview["sources"][:, :1], drawings, preview["sources"][:, 1:]], dim=1)
+    sources = "it lies between" if preview["kind"] == "interpolate" else "setting its spread"
+    return [
+        save_pictures(
+            {"": tiled(rows.flatten(0, 1).float() / 255, rows.shape[1])},
+            ctx.plots_dir / "generated_classes.png",
+            f"{ctx.experiment.name}: synthetic classes ({preview['kind']}); each row 10 "
+            f"drawings of one, at its ends the two meta-train classes {sources}",
         )
     ]
 

@@ -20,31 +20,10 @@ from hypermeta.engine.generative import drawings, generated_images, load_generat
 from hypermeta.methods.generative_base import GenerativeModel, binarised
 from hypermeta.plots import register
 from hypermeta.plots.base import Plotter
-from hypermeta.viz import _save, pyplot, save_curves
+from hypermeta.viz import save_curves, save_pictures, tiled
 
 GRID = 8  # samples per side of the sample grid
 NEIGHBOURS = 16
-
-
-def tiled(images: torch.Tensor, columns: int) -> torch.Tensor:
-    """(N, 1, H, W) → one (rows·H, columns·W) picture, white gaps between cells."""
-    n, _, h, w = images.shape
-    rows = -(-n // columns)
-    canvas = torch.ones(rows * (h + 1), columns * (w + 1))
-    for i, image in enumerate(images):
-        r, c = divmod(i, columns)
-        canvas[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = image[0]
-    return canvas
-
-
-def save_pictures(panels: dict[str, torch.Tensor], path: Path, title: str) -> Path:
-    figure, axes = pyplot().subplots(1, len(panels), figsize=(4 * len(panels), 4.4), squeeze=False)
-    for ax, (name, picture) in zip(axes[0], panels.items(), strict=True):
-        ax.imshow(picture.cpu(), cmap="gray_r", vmin=0, vmax=1)
-        ax.set_title(name)
-        ax.axis("off")
-    figure.suptitle(title)
-    return _save(figure, path)
 
 
 class GenerativePlotter(Plotter):

@@ -9,7 +9,7 @@ import torch
 from fewshot_helpers import fewshot_experiment, prepared_omniglot_small, stage_context
 
 from hypermeta.atomic import torch_save
-from hypermeta.data.episodes import EpisodeSetting
+from hypermeta.data.episodes import Episodes, EpisodeSetting
 from hypermeta.engine.augmentation import SupportAugmenter
 from hypermeta.engine.classification import build_model
 from hypermeta.engine.fewshot import FewShotEngine, episode_accuracies, split_sampler
@@ -133,6 +133,32 @@ def test_augmented_support_sets_are_k_times_1_plus_m_shots_per_class(project):
     assert torch.equal(augmented.support_y[0], torch.arange(5).repeat_interleave(8))
     assert torch.equal(augmented.support_x[:, :2], episodes.support_x[:, :2])  # real shots first
     assert torch.equal(augmented.query_x, episodes.query_x)
+
+
+class CopyGenerator:
+    """A perfect generator of one kind: m copies of each image it is given."""
+
+    def samples_like(self, images, m, generator):
+        return images.unsqueeze(1).expand(-1, m, *images.shape[1:]).clone()
+
+
+def test_copies_of_the_support_images_leave_protonets_logits_unchanged():
+    """A class's prototype is the mean of its support features, so m exact copies of each
+    support drawing change no logit: true only if the drawings come back in the split's
+    normalisation and each lands in its own class."""
+    mean, std = 0.1, 0.3
+    generator = torch.Generator().manual_seed(0)
+    binary = (torch.rand(2, 5 * 2, 1, 28, 28, generator=generator) > 0.7).float()
+    queries = (torch.rand(2, 5 * 3, 1, 28, 28, generator=generator) > 0.7).float()
+    episodes = Episodes((binary - mean) / std, torch.arange(5).repeat_interleave(2).repeat(2, 1),
+                        (queries - mean) / std, torch.arange(5).repeat_interleave(3).repeat(2, 1),
+                        5)  # fmt: skip
+    torch.manual_seed(0)
+    learner = PrototypicalNetwork(Conv4(hidden=8)).eval()
+    augmented = SupportAugmenter(CopyGenerator(), 3, 0, mean, std).augmented(episodes, ("t",))
+    with torch.no_grad(), learner.meta_test("running_stats"):
+        plain, copied = learner.test_logits(episodes), learner.test_logits(augmented)
+    torch.testing.assert_close(copied, plain, rtol=1e-5, atol=1e-5)
 
 
 def test_refusals_name_the_problem(project, monkeypatch):

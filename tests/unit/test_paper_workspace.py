@@ -43,7 +43,7 @@ def test_the_workspace_holds_the_named_experiments_at_paper_scale_and_their_data
     raw = load_raw(ROOT / "params.yaml")
     overrides = {"train.iterations": 60}
     names = with_needs(raw, ["protonet_omniglot"])  # its eval.augment's VAE first
-    assert names == ["vae_omniglot_vinyals", "protonet_omniglot"]
+    assert names == ["vae_omniglot", "protonet_omniglot"]
     params = workspace_params(raw, names, overrides, ROOT)
     assert params["profile"] == "paper" and list(params["experiments"]) == names
     assert list(params["references"]) == ["protonet_omniglot"]

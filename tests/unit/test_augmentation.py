@@ -1,6 +1,7 @@
 """Support-set augmentation (engine/augmentation.py) in the few-shot engine, on
-omniglot_small: no query ever reaches the generator, m = 0 changes nothing, the same seed
-gives the same result, the paired CI is the hand-computed one, and the refusals."""
+omniglot_small: no query ever reaches the generator, m = 0 changes nothing, copies of the
+support drawings leave ProtoNet's logits unchanged, the same seed gives the same result,
+and the refusals."""
 
 from __future__ import annotations
 

@@ -66,7 +66,7 @@ write_config() {
   fi
   local host cpus memory
   host=$(hostname -s)
-  cpus=$(nproc)
+  cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # nproc heeds OpenMP's limits
   # below the real total, as slurmd refuses a node that has less than it declares
   memory=$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
   mkdir -p /etc/slurm "$STATE/ctld" "$STATE/d"
@@ -133,7 +133,7 @@ start() {
   alive slurmctld || slurmctld -c -f "$CONF"
   alive slurmd || slurmd -f "$CONF"
   wait_idle
-  echo "slurm-local: running (node $(hostname -s), $(nproc) CPUs; logs in $STATE)"
+  echo "slurm-local: running (node $(hostname -s); logs in $STATE)"
 }
 
 stop() {

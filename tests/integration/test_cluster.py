@@ -9,6 +9,11 @@ stays among its data sets so that download and split move real data. The quick p
 test (test_pipeline.py) already costs 14 minutes of `make test`, so the DVC round trip runs
 on this subset's project after its cluster run rather than after the quick pipeline.
 
+Cost (2026-12-02, 2 cores shared): 5:10 wall and about 145 CPU-s for the file, of which
+the SLURM jobs take about 65 (each job starts Snakemake twice, 6-8 CPU-s), the local
+reference run 35 and the DVC round trip's `dvc repro` of one experiment 20; under the
+heaviest load seen here, 12 minutes wall.
+
 The tests share their projects and run in file order. Every cluster run has a timeout: a
 status poll that never sees its jobs end would otherwise wait forever."""
 

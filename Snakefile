@@ -31,8 +31,13 @@ from hypermeta.dag import (
 from hypermeta.sources import write_fingerprints
 
 DRY_RUN = workflow.output_settings.dryrun
-shutil.rmtree(DRY_RUN_DIR, ignore_errors=True)
-if "profile" in config and not DRY_RUN:
+# A cluster job runs Snakemake again on its node (twice: the job and its step) only to
+# find its rule: what this file writes and commits below is the main process's to do
+# (1.8 CPU-s a start saved; the rules come out the same).
+MAIN = workflow.is_main_process
+if MAIN:
+    shutil.rmtree(DRY_RUN_DIR, ignore_errors=True)
+if "profile" in config and not DRY_RUN and MAIN:
     set_profile("params.yaml", config["profile"])
 PARAMS = load_params("params.yaml", profile=config.get("profile"))
 RAW_PARAMS = {**yaml.load(open("params.yaml"), Loader=SAFE_LOADER), "profile": PARAMS.profile}
@@ -40,7 +45,7 @@ RAW_PARAMS = {**yaml.load(open("params.yaml"), Loader=SAFE_LOADER), "profile": P
 # a dry run plans with it as it is, and says so when it is stale.
 if DRY_RUN:
     check_needs_file(PARAMS)
-else:
+elif MAIN:
     write_needs(PARAMS)
     make_needs_folders(PARAMS)
 # dvc.yaml's `sources` stage runs here, as the DAG is built, not as a job: Snakemake reruns
@@ -48,9 +53,11 @@ else:
 # reruns its stages) only when a file that its stages run does. Committed at once (0.6 s):
 # a source edit that changes no fingerprint leaves Snakemake nothing to do, and no end.
 # Each stage reads its fingerprint where it was written (under a dry run, not sources/).
-WRITTEN = write_fingerprints(instead=DRY_RUN_DIR / "sources" if DRY_RUN else None)
+WRITTEN = (
+    write_fingerprints(instead=DRY_RUN_DIR / "sources" if DRY_RUN else None) if MAIN else {}
+)
 FINGERPRINTS = {f"sources/{name}": str(path) for name, path in WRITTEN.items()}
-if not DRY_RUN:
+if not DRY_RUN and MAIN:
     commit([SOURCES_STAGE])
 STAGES = [stage for stage in dvc_stages() if stage.name != SOURCES_STAGE]
 LOCK = load_lock()

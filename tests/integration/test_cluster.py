@@ -21,13 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +32,7 @@ import pytest
 import torch
 import yaml
 from conftest import MIRROR, ROOT
-from test_pipeline import BIN, Project, _free_port, copy_project, digests, snakemake_jobs
+from scratch_project import Project, copy_project, digests, mlflow_server, snakemake_jobs
 
 from hypermeta.experiments import load_params, resolve
 
@@ -69,11 +66,7 @@ def subset_project(root: Path, env: dict[str, str] | None = None) -> Project:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     project = Project(root)
     project.env.update(env or {})
-    project.run("git", "init", "-q")
-    project.run(sys.executable, "-m", "dvc", "init", "-q")
-    project.run(sys.executable, "-m", "dvc", "config", "core.analytics", "false")
-    project.run("git", "add", "-A")
-    project.run("git", "commit", "-qm", "the subset under test")
+    project.init_repository(commit="the subset under test")
     return project
 
 
@@ -104,27 +97,11 @@ def tracking_server(tmp_path_factory):
     """An `mlflow server` as a user starts one for a cluster: its store on its own machine,
     artifacts served over HTTP (compute nodes share no folder with it)."""
     store = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
-    server = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
-         "--artifacts-destination", str(store / "artifacts")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not come up on 127.0.0.1 within 2 minutes")
+    with mlflow_server(
+        "--workers", "1", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+        "--artifacts-destination", str(store / "artifacts"),
+    ) as url:  # fmt: skip
         yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,11 @@ with `snakemake --touch` (seconds: nothing trains)."""
 from __future__ import annotations
 
 import hashlib
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from integration.test_pipeline import Project, copy_project, snakemake_jobs
+from scratch_project import Project, copy_project, snakemake_jobs
 
 pytestmark = pytest.mark.integration
 
@@ -36,9 +35,7 @@ def project(tmp_path) -> Project:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     project = Project(tmp_path)
     project.env["HYPERMETA_TRACKING"] = "off"
-    project.run("git", "init", "-q")
-    project.run(sys.executable, "-m", "dvc", "init", "-q")
-    project.run(sys.executable, "-m", "dvc", "config", "core.analytics", "false")
+    project.init_repository()
     # every stage's outputs, empty: `--touch` dates them as a finished run would
     for folder in ("data/raw", "data/prepared", "models/cnn", "plots/cnn", "reports"):
         (tmp_path / folder).mkdir(parents=True)

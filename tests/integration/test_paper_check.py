@@ -11,7 +11,7 @@ import subprocess
 import time
 
 import pytest
-from test_pipeline import Project, copy_project
+from scratch_project import Project, copy_project
 
 from hypermeta.results import load_records
 
@@ -26,9 +26,7 @@ COMMAND = [
 def test_a_killed_paper_check_resumes_and_keeps_its_record(tmp_path):
     copy_project(tmp_path, leave_out=("results/",))  # the project's own records stay out
     project = Project(tmp_path)
-    project.run("git", "init", "-q")
-    project.run("git", "add", "-A")
-    project.run("git", "commit", "-qm", "copy under test")
+    project.init_repository(dvc=False, commit="copy under test")
     head = project.run("git", "rev-parse", "HEAD").strip()
     checkpoint = tmp_path / ".hypermeta/paper/models/maml_sine/checkpoint.pt"
 

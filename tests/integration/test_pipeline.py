@@ -6,67 +6,32 @@ The tests share one copy and run in file order, each building on the last."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from browser import render
-from conftest import MIRROR, ROOT
+from conftest import MIRROR
+from scratch_project import (
+    Project,
+    copy_project,
+    digests,
+    mlflow_server,
+    snakemake_jobs,
+)
 
 from hypermeta.dag import Stage
 from hypermeta.experiments import load_params, resolve
 
 pytestmark = pytest.mark.integration
-BIN = Path(sys.executable).parent
-
-
-class Project:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.first_results: dict[str, str] = {}  # md5 per file, before the `dvc repro` edit
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("HYPERMETA_", "MLFLOW_"))},
-            "PATH": f"{BIN}:{os.environ['PATH']}",
-            "PYTHONPATH": str(root / "src"),
-            "HYPERMETA_DATA_MIRROR": str(MIRROR),
-            "GIT_AUTHOR_NAME": "test",
-            "GIT_AUTHOR_EMAIL": "test@example.com",
-            "GIT_COMMITTER_NAME": "test",
-            "GIT_COMMITTER_EMAIL": "test@example.com",
-        }
-
-    def run(self, *args: str, timeout: int = 900) -> str:
-        result = subprocess.run(
-            args, cwd=self.root, env=self.env, capture_output=True, text=True, timeout=timeout
-        )
-        output = result.stdout + result.stderr
-        assert result.returncode == 0, f"{' '.join(args)} failed:\n{output[-4000:]}"
-        return output
-
-    def edit_params(self, experiment: str, **train) -> None:
-        path = self.root / "params.yaml"
-        params = yaml.safe_load(path.read_text())
-        quick = params["experiments"][experiment]["profiles"]["quick"]
-        quick["train"].update(train)
-        path.write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def snakemake_jobs(output: str) -> set[str]:
-    """Rule names from the 'Job stats' table of a Snakemake run or dry run."""
-    table = output.split("Job stats:")[1].split("total")[0]
-    return {line.split()[0] for line in table.splitlines()[3:] if line.strip()} - {"all"}
 
 
 def dvc_ran(output: str) -> set[str]:
@@ -85,21 +50,6 @@ def append_comment(path: Path) -> None:
     path.write_text(path.read_text() + "# an edit that changes no behaviour\n")
 
 
-def copy_project(root: Path, leave_out: tuple[str, ...] = ()) -> None:
-    """The project's files as git sees them (tracked, or untracked and not ignored),
-    without its DVC state, into `root`; paths starting with `leave_out` are left out."""
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    ).stdout.split()  # fmt: skip
-    for name in files:
-        if (ROOT / name).is_file() and not name.startswith(leave_out):
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, root / name)
-    shutil.rmtree(root / ".dvc", ignore_errors=True)
-    (root / "dvc.lock").unlink(missing_ok=True)
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Project:
     if not (MIRROR / "README.md").exists():
@@ -107,11 +57,7 @@ def project(tmp_path_factory) -> Project:
     root = tmp_path_factory.mktemp("project")
     copy_project(root)
     project = Project(root)
-    project.run("git", "init", "-q")
-    project.run(sys.executable, "-m", "dvc", "init", "-q")
-    project.run(sys.executable, "-m", "dvc", "config", "core.analytics", "false")
-    project.run("git", "add", "-A")
-    project.run("git", "commit", "-qm", "copy under test")
+    project.init_repository(commit="copy under test")
     return project
 
 
@@ -205,12 +151,6 @@ def test_engines_agree_after_snakemake(project):
     assert "Nothing to be done" in project.run("snakemake", "-n", "--cores", "2")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def trained_models_load_back_from_their_runs(
     root: Path, url: str, experiment_id: str, children
 ) -> None:
@@ -246,23 +186,8 @@ def test_runs_are_reviewable_through_a_real_mlflow_server(project):
     # the pipeline logged through its own server (tracking_server.py), stopped at its end
     assert (project.root / ".hypermeta" / "mlflow-server.log").exists()
     assert not (project.root / ".hypermeta" / "mlflow-server.json").exists()
-    port = _free_port()
-    server = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{project.root / 'mlflow.db'}"],
-        cwd=project.root, env=project.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )  # fmt: skip
-    try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not come up on 127.0.0.1 within 60 s")
+    store = ("--backend-store-uri", f"sqlite:///{project.root / 'mlflow.db'}")
+    with mlflow_server(*store, cwd=project.root, env=project.env, wait_s=60) as url:
         client = MlflowClient(url)
         experiment = client.get_experiment_by_name("hypermeta")
         # MLflow 3's UI opens it on its training runs, not the GenAI traces overview
@@ -293,9 +218,6 @@ def test_runs_are_reviewable_through_a_real_mlflow_server(project):
             assert len(children[stage].data.tags["hypermeta.params_hash"]) == 12
         evaluate = children["hypercnn · evaluate"]
         assert 0.8 < evaluate.data.metrics["test_accuracy"] <= 1
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
 
 
 CHECKED_OUT = ["models/hypercnn", "metrics/hypercnn", "plots/hypercnn", "reports"]
@@ -315,17 +237,6 @@ def test_dvc_repro_reruns_exactly_the_edited_experiment(project):
     assert ran == {"sources", "train@hypercnn", "evaluate@hypercnn", "visualize@hypercnn", "report"}
     assert planned_by_snakemake == rules(ran - {"sources"})
     assert "Nothing to be done" in project.run("snakemake", "-n", "--cores", "2")
-
-
-def digests(root: Path, paths: list[str]) -> dict[str, str]:
-    """md5 of every file under each path (a file or a folder)."""
-    found = {}
-    for path in paths:
-        files = [root / path] if (root / path).is_file() else sorted((root / path).rglob("*"))
-        for file in files:
-            if file.is_file():
-                found[str(file.relative_to(root))] = hashlib.md5(file.read_bytes()).hexdigest()
-    return found
 
 
 def test_checking_out_an_earlier_commit_brings_back_all_its_results(project):

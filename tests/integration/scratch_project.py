@@ -86,12 +86,13 @@ def copy_project(root: Path, leave_out: tuple[str, ...] = ()) -> None:
 
 
 def digests(root: Path, paths: list[str]) -> dict[str, str]:
-    """md5 of every file under each path (a file or a folder)."""
+    """md5 of every file under each path (a file or a folder), but Snakemake's empty marker
+    of a finished folder, which DVC ignores (.dvcignore) and so never restores."""
     found = {}
     for path in paths:
         files = [root / path] if (root / path).is_file() else sorted((root / path).rglob("*"))
         for file in files:
-            if file.is_file():
+            if file.is_file() and file.name != ".snakemake_timestamp":
                 found[str(file.relative_to(root))] = hashlib.md5(file.read_bytes()).hexdigest()
     return found
 

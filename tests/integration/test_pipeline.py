@@ -89,7 +89,7 @@ def test_quick_pipeline_end_to_end_with_snakemake(project):
     began = time.perf_counter()
     # A guard against a hang, not the budget (params.yaml's header has the measured times):
     # on a 2-core host about 3.5x slower than the one the budget was measured on (AMD EPYC
-    # with AVX2, 2026-12-02: 48 minutes) the pipeline must still finish.
+    # with AVX2, 2026-12-02: 42 minutes) the pipeline must still finish.
     output = project.run("snakemake", "--cores", "2", timeout=4200)
     print(f"quick pipeline through snakemake: {time.perf_counter() - began:.0f} s")
     assert "steps (100%) done" in output

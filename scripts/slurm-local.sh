@@ -5,7 +5,8 @@
 #   scripts/slurm-local.sh start   install what is missing (Debian/Ubuntu, as root), write
 #                                  /etc/slurm/slurm.conf, start munged, slurmctld, slurmd,
 #                                  wait until the node is idle
-#   scripts/slurm-local.sh stop    stop the daemons this script started, and only those
+#   scripts/slurm-local.sh stop    stop the daemons this script started, and only those,
+#                                  and remove the slurm.conf it wrote
 #   scripts/slurm-local.sh status  whether they run
 # Both are idempotent; exit 3 says SLURM cannot be set up here (not root, no apt-get, or
 # the machine has a SLURM configuration of its own), 1 that it failed. The daemons' pids, logs and state live in $HYPERMETA_SLURM_STATE
@@ -150,6 +151,10 @@ stop() {
     fi
     rm -f "$STATE/$name.pid"
   done
+  # With our configuration left and no controller, every SLURM client waits ~9 s for one,
+  # and so does every later `snakemake` start (its SLURM plugin asks `scontrol show config`
+  # as it loads); start writes it again.
+  if [ -e "$CONF" ] && grep -qF "$MARK" "$CONF"; then rm -f "$CONF"; fi
   echo "slurm-local: stopped"
 }
 

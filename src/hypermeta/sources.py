@@ -61,11 +61,14 @@ def imported_modules(path: Path, package: str) -> set[str]:
 
 
 def closure(
-    roots: Iterable[str], root: Path = Path("."), parsed: dict[Path, set[str]] | None = None
+    roots: Iterable[str],
+    root: Path = Path("."),
+    parsed: dict[Path, list[tuple[Path, str]]] | None = None,
 ) -> list[str]:
     """The project files that importing `roots` (module names, or script paths relative
     to `root`) runs, as sorted paths relative to `root`. `parsed` keeps each file's
-    imports for the next call (every stage's closure reads mostly the same files)."""
+    imported project files for the next call (every stage's closure reads mostly the same
+    files, and finding them is most of the work)."""
     parsed = {} if parsed is None else parsed
     src = root / "src"
     todo: list[tuple[Path, str]] = []
@@ -86,11 +89,12 @@ def closure(
         seen.add(path)
         if path not in parsed:
             package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-            parsed[path] = imported_modules(path, package)
-        for name in parsed[path]:
-            found = module_file(name, src)
-            if found is not None and found not in seen:
-                todo.append((found, name))
+            parsed[path] = [
+                (found, name)
+                for name in imported_modules(path, package)
+                if (found := module_file(name, src)) is not None
+            ]
+        todo.extend((found, name) for found, name in parsed[path] if found not in seen)
     return sorted(str(path.relative_to(root)) for path in seen)
 
 
@@ -131,7 +135,7 @@ def fingerprints(root: Path = Path(".")) -> dict[str, dict[str, str]]:
         for stage in STAGES
         for method in (sorted(METHODS) if stage in PER_EXPERIMENT else [None])
     }
-    parsed: dict[Path, set[str]] = {}
+    parsed: dict[Path, list[tuple[Path, str]]] = {}
     md5 = {
         str(path.relative_to(root)): hashlib.md5(path.read_bytes()).hexdigest()
         for folder in ("src", "pipeline")

@@ -29,6 +29,9 @@ from hypermeta.dag import (
     write_needs,
 )
 from hypermeta.sources import write_fingerprints
+from hypermeta.stage_server import SOCKET_ENV as STAGE_SOCKET_ENV
+from hypermeta.stage_server import start_server as start_stage_server
+from hypermeta.stage_server import stop_server as stop_stage_server
 
 DRY_RUN = workflow.output_settings.dryrun
 # A cluster job runs Snakemake again on its node (twice: the job and its step) only to
@@ -98,7 +101,15 @@ for stage in STAGES:
             "{params.cmd} && {params.finished}"
 
 
+STAGE_SERVER = []  # (process, socket path) of this invocation's stage server
+
+
 onstart:
+    # Jobs run here fork from a process that has imported torch already (1.7 s a job);
+    # a cluster's jobs start on their nodes as they would by hand (hypermeta.stage_server).
+    if workflow.local_exec and not os.environ.get(STAGE_SOCKET_ENV):
+        STAGE_SERVER.append(start_stage_server())
+        os.environ[STAGE_SOCKET_ENV] = STAGE_SERVER[0][1]
     if os.environ.get("HYPERMETA_TRACKING", "").lower() != "off":
         from hypermeta.paths import repo_root
         from hypermeta.tracking import (
@@ -122,11 +133,13 @@ onstart:
 
 def finish():
     """Record the finished stages in dvc.lock, also after a failure (what completed is
-    valid), and stop this invocation's MLflow server."""
+    valid), and stop this invocation's stage and MLflow servers."""
     from hypermeta.paths import repo_root
     from hypermeta.tracking import SERVER_ENV
     from hypermeta.tracking_server import stop_server
 
+    for server, path in STAGE_SERVER:
+        stop_stage_server(server, path)
     commit_finished()
     if os.environ.get(SERVER_ENV):
         stop_server(repo_root())

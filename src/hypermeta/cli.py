@@ -105,8 +105,14 @@ def run_stage(argv: Sequence[str]) -> NoReturn:
 
     By the time `main` returns, the stage's outputs are written (atomically) and its
     MLflow run is closed; unloading torch and mlflow's thousands of modules would then
-    cost about 2 s of every pipeline job. An exception still ends the usual way."""
-    code = main(argv)
+    cost about 2 s of every pipeline job. An exception still ends the usual way. Under
+    Snakemake the stage runs in a child of the invocation's stage server, which has
+    imported torch already (hypermeta.stage_server), and this process waits for it."""
+    from hypermeta.stage_server import run_in_server
+
+    code = run_in_server()
+    if code is None:
+        code = main(argv)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -124,6 +124,7 @@ LAYERS = {
         "hypermeta.data.registry",
         "hypermeta.tracking",
         "hypermeta.tracking_server",
+        "hypermeta.stage_server",
     ],
     "data": ["hypermeta.data"],
     "networks": ["hypermeta.nn", "hypermeta.hyper", "hypermeta.continual"],

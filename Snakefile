@@ -29,6 +29,7 @@ from hypermeta.dag import (
     write_needs,
 )
 from hypermeta.sources import write_fingerprints
+from hypermeta.stages import SHARED_STAGE_THREADS
 from hypermeta.stage_server import SOCKET_ENV as STAGE_SOCKET_ENV
 from hypermeta.stage_server import start_server as start_stage_server
 from hypermeta.stage_server import stop_server as stop_stage_server
@@ -70,7 +71,7 @@ def resources_of(stage):
     """The experiment's `resources`; `threads` is Snakemake's own keyword, and each stage
     sets torch's threads to it whoever starts it (hypermeta.engine.device.fix_numerics)."""
     if stage.experiment is None:
-        return {"mem_mb": 2000, "runtime": 30, "gpu": 0, "threads": 1}
+        return {"mem_mb": 2000, "runtime": 30, "gpu": 0, "threads": SHARED_STAGE_THREADS}
     return resolve(PARAMS, stage.experiment).resources.model_dump()
 
 

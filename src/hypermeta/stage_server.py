@@ -1,6 +1,6 @@
 """A warm start for the pipeline's jobs under Snakemake: one process per invocation that
-has imported the heavy third-party libraries (torch, numpy, matplotlib, pydantic: about
-1.7 s of a quick job's 2-4 s on a 2-core CPU, paid by each of ~160 jobs) and forks a
+has imported the heavy third-party libraries (torch, numpy, matplotlib, pydantic: 1.2 to
+2.5 s of a quick job's 2-5 s on a 2-core CPU, paid by each of ~160 jobs) and forks a
 child per job, which then runs the job's script exactly as `python <script> <args>`
 would, in the job's directory, with its environment, arguments, stdin, stdout and stderr.
 
@@ -38,7 +38,12 @@ import traceback
 from pathlib import Path
 
 SOCKET_ENV = "HYPERMETA_STAGE_SERVER"
-PRELOADED = ("torch", "numpy", "matplotlib", "matplotlib.pyplot", "pydantic", "yaml", "tqdm")
+# what most jobs import: torch.func brings torch._dynamo (1.1 s, the meta-learners'), the
+# CIs scipy.special; not mlflow (its import starts a thread, which a fork would not copy)
+PRELOADED = (
+    "torch", "torch.func", "torch._dynamo", "numpy", "scipy.special", "matplotlib",
+    "matplotlib.pyplot", "pydantic", "yaml", "tqdm",
+)  # fmt: skip
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 MAX_MESSAGE = 1 << 20
 START_TIMEOUT_S = 30
@@ -102,6 +107,9 @@ def _run_child(request: dict, fds: list[int]) -> None:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        threads = os.environ.get("OMP_NUM_THREADS", "")
+        if threads.isdigit() and int(threads) > 0 and "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(int(threads))  # as a fresh import reads it
         script = request["argv"][0]
         sys.argv = list(request["argv"])
         sys.path[0] = os.path.dirname(script)

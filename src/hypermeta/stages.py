@@ -76,9 +76,16 @@ def download() -> None:
             fetch(dataset, RAW, mirror)
 
 
+# The threads of the stages that belong to no experiment (the Snakefile asks for these).
+SHARED_STAGE_THREADS = 1
+
+
 def split() -> None:
     from hypermeta.data.prepare import prepare
 
+    # the prepared statistics (a dataset's mean) are float sums: as many threads however
+    # the stage is started (Snakemake's OMP_NUM_THREADS=1, `dvc repro`'s one per core)
+    fix_numerics(SHARED_STAGE_THREADS)
     params = load_params()
     with child_run(params, "split", reads=data_params(params)) as tracker:
         split_settings = split_config(params)

@@ -27,6 +27,10 @@ print("to stderr", file=sys.stderr)
 action = sys.argv[1]
 if action == "raise":
     raise ValueError("a failing job")
+if action == "threads":  # torch's intra-op threads follow the job's OMP_NUM_THREADS
+    import torch
+
+    print("threads", torch.get_num_threads())
 if action == "exit":
     sys.exit(int(sys.argv[2]))
 if action == "wait":
@@ -38,14 +42,16 @@ if action == "wait":
 
 @pytest.fixture(scope="module")
 def server():
-    process, path = start_server()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("OMP_NUM_THREADS", raising=False)  # the server's torch: one per core
+        process, path = start_server()
     yield path
     stop_server(process, path)
     assert process.poll() is not None and not Path(path).exists()
 
 
 def run_job(folder: Path, *args: str, server: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "FLAG": "set"}
+    env = {**os.environ, "FLAG": "set", "OMP_NUM_THREADS": "1"}  # the server's: unset
     env.pop(SOCKET_ENV, None)
     if server:
         env[SOCKET_ENV] = server
@@ -54,16 +60,17 @@ def run_job(folder: Path, *args: str, server: str | None = None) -> subprocess.C
     )
 
 
-@pytest.mark.parametrize("args", [("print",), ("raise",), ("exit", "3")])
+@pytest.mark.parametrize("args", [("print",), ("raise",), ("exit", "3"), ("threads",)])
 def test_a_job_in_the_server_is_the_job_run_by_hand(tmp_path, server, args):
     (tmp_path / "job.py").write_text(JOB)
     by_hand, served = run_job(tmp_path, *args), run_job(tmp_path, *args, server=server)
-    assert served.returncode == by_hand.returncode == {"print": 0, "raise": 1, "exit": 3}[args[0]]
+    assert served.returncode == by_hand.returncode == {"raise": 1, "exit": 3}.get(args[0], 0)
     # the same output but for the preloaded torch; the server's address is not passed on
     assert served.stdout == by_hand.stdout.replace("torch False", "torch True")
     assert f"cwd {tmp_path} argv {list(args)} flag set server None" in served.stdout
     assert served.stderr == by_hand.stderr
     assert ("ValueError: a failing job" in served.stderr) == (args[0] == "raise")
+    assert ("threads 1" in served.stdout) == (args[0] == "threads")
 
 
 def alive(pid: int) -> bool:

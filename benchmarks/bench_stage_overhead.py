@@ -4,8 +4,10 @@ done in one process, and where a job's start-up time goes (its import profile).
 The project is copied to a scratch folder whose params.yaml holds one tiny experiment
 (maml_sine with a few meta-iterations: generated data, nothing to download). Each stage
 (train, evaluate, visualize) runs as a job, `python pipeline/<stage>.py tiny`, at one
-thread as Snakemake runs it, in three tracking modes:
-  server  logging over HTTP to the invocation's `mlflow server` (what the pipeline does),
+thread as Snakemake runs it, in four modes:
+  warm    as `server`, the job forked by the invocation's stage server, which imported
+          torch, numpy and matplotlib once (what Snakemake does on one machine),
+  server  logging over HTTP to the invocation's `mlflow server` (`dvc repro`),
   sqlite  no server: mlflow's client on the project's sqlite store (a stage run by hand),
   off     HYPERMETA_TRACKING=off;
 and then the same stages in one process, imports paid once, logging to the same server.
@@ -74,15 +76,19 @@ def scratch_project(source: Path) -> Path:
     return root
 
 
-def job_env(root: Path, mode: str, server: str | None) -> dict[str, str]:
+def job_env(
+    root: Path, mode: str, server: str | None, stage_socket: str | None = None
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HYPERMETA_", "MLFLOW_"))}
     if os.environ.get("HYPERMETA_DATA_MIRROR"):
         env["HYPERMETA_DATA_MIRROR"] = os.environ["HYPERMETA_DATA_MIRROR"]
     env.update(PYTHONPATH=str(root / "src"), OMP_NUM_THREADS="1")
     if mode == "off":
         env["HYPERMETA_TRACKING"] = "off"
-    elif mode == "server":
+    elif mode in ("server", "warm"):
         env["HYPERMETA_MLFLOW_SERVER"] = server or ""
+    if mode == "warm":
+        env["HYPERMETA_STAGE_SERVER"] = stage_socket or ""
     return env
 
 
@@ -90,10 +96,12 @@ def run_job(root: Path, stage: str, experiment: str, env: dict[str, str]) -> flo
     if stage == "train":
         shutil.rmtree(root / "models" / experiment, ignore_errors=True)  # else it resumes
     began = time.perf_counter()
-    subprocess.run(
-        [sys.executable, f"pipeline/{stage}.py", experiment], cwd=root, env=env, check=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    done = subprocess.run(
+        [sys.executable, f"pipeline/{stage}.py", experiment], cwd=root, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+    if done.returncode:
+        sys.exit(f"{stage} {experiment} failed in {root}:\n{done.stderr[-2000:]}")
     return time.perf_counter() - began
 
 
@@ -165,9 +173,12 @@ def export_revision(revision: str) -> Path:
 
 def prepare(source: Path) -> Path:
     root = scratch_project(source)
-    for step in ("download", "split"):
+    # needs.yaml, DVC's view of the experiments' needs, rewritten for the tiny ones
+    commands = {"needs": ["-m", "hypermeta.dag", "needs"]}
+    commands |= {step: [f"pipeline/{step}.py"] for step in ("download", "split")}
+    for step, arguments in commands.items():
         env = job_env(root, "off", None)
-        command = [sys.executable, f"pipeline/{step}.py"]
+        command = [sys.executable, *arguments]
         done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
         if done.returncode:
             sys.exit(f"{step} failed in {root} (is HYPERMETA_DATA_MIRROR set?):\n{done.stderr}")
@@ -193,6 +204,19 @@ def start_server(root: Path, watched: subprocess.Popen) -> str | None:
     return result.stdout.strip()
 
 
+def start_stage_server(root: Path) -> tuple[subprocess.Popen, str] | None:
+    """A stage server running `root`'s code, if it has one; it ends with this process."""
+    if not (root / "src" / "hypermeta" / "stage_server.py").exists():
+        return None
+    path = os.path.join(tempfile.mkdtemp(prefix="hypermeta-bench-stages-"), "socket")
+    command = [sys.executable, "-m", "hypermeta.stage_server", path]
+    env = job_env(root, "off", None)
+    server = subprocess.Popen(command, cwd=root, env=env, start_new_session=True)
+    while not os.path.exists(path):
+        time.sleep(0.02)
+    return server, path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 rounds instead of 7")
@@ -206,14 +230,18 @@ def main() -> None:
         sources[args.against] = export_revision(args.against)
     roots = {code: prepare(source) for code, source in sources.items()}
     watched = subprocess.Popen(["sleep", "7200"])  # stands in for the invocation's process
+    stage_servers: dict[str, tuple[subprocess.Popen, str] | None] = {}
     try:
         servers = {code: start_server(root, watched) for code, root in roots.items()}
-        runs = [(code, mode) for code in roots for mode in ("server", "sqlite", "off")
-                if mode != "server" or servers[code]]  # fmt: skip
+        stage_servers = {code: start_stage_server(root) for code, root in roots.items()}
+        available = {"server": servers, "warm": stage_servers}
+        runs = [(code, mode) for code in roots for mode in ("warm", "server", "sqlite", "off")
+                if mode not in available or available[mode][code]]  # fmt: skip
         jobs = {run: {e: {s: [] for s in STAGES} for e in TINY} for run in runs}
         for _ in range(repeats):  # everything takes turns, so load falls on all alike
             for code, mode in runs:
-                env = job_env(roots[code], mode, servers[code])
+                socket_path = stage_servers[code][1] if stage_servers[code] else None
+                env = job_env(roots[code], mode, servers[code], socket_path)
                 for experiment in TINY:
                     for stage in STAGES:
                         seconds = run_job(roots[code], stage, experiment, env)
@@ -233,6 +261,9 @@ def main() -> None:
         }
     finally:
         watched.kill()
+        for started in stage_servers.values():
+            if started:
+                started[0].terminate()
 
     median = statistics.median
     rows = []

@@ -42,7 +42,7 @@ SOCKET_ENV = "HYPERMETA_STAGE_SERVER"
 # CIs scipy.special; not mlflow (its import starts a thread, which a fork would not copy)
 PRELOADED = (
     "torch", "torch.func", "torch._dynamo", "numpy", "scipy.special", "matplotlib",
-    "matplotlib.pyplot", "pydantic", "yaml", "tqdm",
+    "matplotlib.pyplot", "pydantic", "yaml", "tqdm", "threadpoolctl",
 )  # fmt: skip
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 MAX_MESSAGE = 1 << 20
@@ -107,9 +107,15 @@ def _run_child(request: dict, fds: list[int]) -> None:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        # the thread pools the preloaded libraries sized by the server's environment, sized
+        # by the job's as its own imports would (numpy's OpenBLAS spins its idle threads)
         threads = os.environ.get("OMP_NUM_THREADS", "")
-        if threads.isdigit() and int(threads) > 0 and "torch" in sys.modules:
-            sys.modules["torch"].set_num_threads(int(threads))  # as a fresh import reads it
+        if threads.isdigit() and int(threads) > 0:
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(int(threads))
+            if "torch" in sys.modules:
+                sys.modules["torch"].set_num_threads(int(threads))
         script = request["argv"][0]
         sys.argv = list(request["argv"])
         sys.path[0] = os.path.dirname(script)

@@ -27,10 +27,12 @@ print("to stderr", file=sys.stderr)
 action = sys.argv[1]
 if action == "raise":
     raise ValueError("a failing job")
-if action == "threads":  # torch's intra-op threads follow the job's OMP_NUM_THREADS
-    import torch
+if action == "threads":  # torch's and numpy's BLAS threads follow the job's OMP_NUM_THREADS
+    import numpy, threadpoolctl, torch
 
-    print("threads", torch.get_num_threads())
+    blas = {pool["num_threads"] for pool in threadpoolctl.threadpool_info()
+            if pool["user_api"] == "blas"}  # the server also loaded scipy's own
+    print("threads", torch.get_num_threads(), "blas", blas)
 if action == "exit":
     sys.exit(int(sys.argv[2]))
 if action == "wait":
@@ -70,7 +72,7 @@ def test_a_job_in_the_server_is_the_job_run_by_hand(tmp_path, server, args):
     assert f"cwd {tmp_path} argv {list(args)} flag set server None" in served.stdout
     assert served.stderr == by_hand.stderr
     assert ("ValueError: a failing job" in served.stderr) == (args[0] == "raise")
-    assert ("threads 1" in served.stdout) == (args[0] == "threads")
+    assert ("threads 1 blas {1}" in served.stdout) == (args[0] == "threads")
 
 
 def alive(pid: int) -> bool:

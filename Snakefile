@@ -106,7 +106,8 @@ STAGE_SERVER = []  # (process, socket path) of this invocation's stage server
 
 
 onstart:
-    # Jobs run here fork from a process that has imported torch already (1.7 s a job);
+    # Jobs run here fork from a process that has imported torch already (a job's fixed
+    # cost 3.2 s -> 0.55 s, benchmarks/bench_stage_overhead.py);
     # a cluster's jobs start on their nodes as they would by hand (hypermeta.stage_server).
     if workflow.local_exec and not os.environ.get(STAGE_SOCKET_ENV):
         STAGE_SERVER.append(start_stage_server())

@@ -70,8 +70,11 @@ def run_in_server() -> int | None:
         "env": env,
     }
     with client:
-        socket.send_fds(client, [json.dumps(request).encode()], [0, 1, 2])
-        started = json.loads(client.recv(MAX_MESSAGE) or b"{}")
+        try:  # fails where a stream is closed (no stdin): the job then runs by itself
+            socket.send_fds(client, [json.dumps(request).encode()], [0, 1, 2])
+            started = json.loads(client.recv(MAX_MESSAGE) or b"{}")
+        except OSError:
+            return None
         if "pid" not in started:  # refused (another Python) or the server went away
             return None
         child = started["pid"]

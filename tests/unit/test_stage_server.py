@@ -132,3 +132,14 @@ def test_the_server_ends_with_the_process_that_started_it(tmp_path):
     )  # exits at once, leaving its server without a parent
     output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     wait_until_ended(int(output.stdout))
+
+
+def test_a_job_without_stdin_still_runs(tmp_path, server):
+    (tmp_path / "job.py").write_text(JOB)
+    env = {**os.environ, SOCKET_ENV: server}
+    result = subprocess.run(
+        [sys.executable, "job.py", "print"], cwd=tmp_path, env=env, capture_output=True,
+        text=True, preexec_fn=lambda: os.close(0),  # no descriptor 0 to pass on
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "argv ['print'] flag None server None" in result.stdout

@@ -208,13 +208,9 @@ def start_stage_server(root: Path) -> tuple[subprocess.Popen, str] | None:
     """A stage server running `root`'s code, if it has one; it ends with this process."""
     if not (root / "src" / "hypermeta" / "stage_server.py").exists():
         return None
-    path = os.path.join(tempfile.mkdtemp(prefix="hypermeta-bench-stages-"), "socket")
-    command = [sys.executable, "-m", "hypermeta.stage_server", path]
-    env = job_env(root, "off", None)
-    server = subprocess.Popen(command, cwd=root, env=env, start_new_session=True)
-    while not os.path.exists(path):
-        time.sleep(0.02)
-    return server, path
+    from hypermeta.stage_server import start_server as start
+
+    return start(env=job_env(root, "off", None))
 
 
 def main() -> None:
@@ -261,9 +257,11 @@ def main() -> None:
         }
     finally:
         watched.kill()
+        from hypermeta.stage_server import stop_server
+
         for started in stage_servers.values():
             if started:
-                started[0].terminate()
+                stop_server(*started)
 
     median = statistics.median
     rows = []

@@ -216,14 +216,16 @@ def _reap(children: dict[int, socket.socket]) -> None:
             conn.close()
 
 
-def start_server() -> tuple[subprocess.Popen, str]:
-    """Start a server for this process's jobs; returns it and its socket's path, which
-    the caller exports in HYPERMETA_STAGE_SERVER (a short path: sockets allow 107 bytes)."""
+def start_server(env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """Start a server for this process's jobs (in `env`, default this process's: its
+    PYTHONPATH says whose code it runs); returns it and its socket's path, which the
+    caller exports in HYPERMETA_STAGE_SERVER (a short path: sockets allow 107 bytes)."""
     folder = tempfile.mkdtemp(prefix="hypermeta-stages-")
     path = os.path.join(folder, "socket")
     server = subprocess.Popen(
         [sys.executable, "-m", "hypermeta.stage_server", path],
         stdin=subprocess.DEVNULL,
+        env=env,
         start_new_session=True,
     )
     deadline = time.monotonic() + START_TIMEOUT_S

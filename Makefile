@@ -64,7 +64,7 @@ bench: $(VENV)/.bench-installed ## speed benchmarks (installs `higher` to compar
 	@set -e; for bench in benchmarks/bench_*.py; do echo "== $$bench"; $(PY) $$bench; done
 
 ui: install ## MLflow UI on http://127.0.0.1:5000 for this project's runs
-	mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db) --host 127.0.0.1 --port 5000
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db) --host 127.0.0.1 --port 5000
 
 clean: ## delete pipeline outputs (data, models, metrics, plots, reports, MLflow store)
 	rm -rf data models metrics plots reports mlflow.db mlartifacts .snakemake

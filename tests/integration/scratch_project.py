@@ -20,6 +20,8 @@ import pytest
 import yaml
 from conftest import MIRROR, ROOT
 
+from hypermeta.tracking_server import server_environment
+
 BIN = Path(sys.executable).parent
 
 
@@ -112,8 +114,8 @@ def mlflow_server(
     port = free_port()
     server = subprocess.Popen(
         [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), *store_args],
-        cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
+        cwd=cwd, env=server_environment(env), stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:

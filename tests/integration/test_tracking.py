@@ -5,6 +5,7 @@ straight into the sqlite store."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -111,6 +112,11 @@ def test_the_invocation_server_serves_parallel_writers_and_stops_with_it(tmp_pat
     assert all("imported mlflow: False" in out for out in outputs)
     check_runs(tmp_path, uri)
     assert HttpStore(uri).experiment("no such experiment") is None
+    # MLflow's GenAI job consumers (a third of a core, polling) are not started
+    supervisor = psutil.Process(json.loads((tmp_path / STATE).read_text())["pid"])
+    commands = [" ".join(child.cmdline()) for child in supervisor.children(recursive=True)]
+    assert any("mlflow" in command for command in commands), commands
+    assert not any("huey" in command for command in commands), commands
 
     watched.kill()
     watched.wait()

@@ -20,6 +20,7 @@ import pytest
 import yaml
 from conftest import MIRROR, ROOT
 
+from hypermeta.dag import Stage
 from hypermeta.tracking_server import server_environment
 
 BIN = Path(sys.executable).parent
@@ -72,6 +73,11 @@ def snakemake_jobs(output: str) -> set[str]:
     return {line.split()[0] for line in table.splitlines()[3:] if line.strip()} - {"all"}
 
 
+def rules(stages: set[str]) -> set[str]:
+    """Snakemake's rule names of DVC's stage names."""
+    return {Stage(name, "", [], [], []).rule_name for name in stages}
+
+
 def copy_project(root: Path, leave_out: tuple[str, ...] = ()) -> None:
     """The project's files as git sees them (tracked, or untracked and not ignored),
     without its DVC state, into `root`; paths starting with `leave_out` are left out."""
@@ -85,6 +91,34 @@ def copy_project(root: Path, leave_out: tuple[str, ...] = ()) -> None:
             shutil.copy2(ROOT / name, root / name)
     shutil.rmtree(root / ".dvc", ignore_errors=True)
     (root / "dvc.lock").unlink(missing_ok=True)
+
+
+def subset_project(
+    root: Path,
+    experiments: tuple[str, ...],
+    datasets: list[str],
+    env: dict[str, str] | None = None,
+    quick: dict[str, dict] | None = None,
+) -> Project:
+    """A git + DVC copy of the project whose params.yaml holds `experiments` alone (so that
+    the report, `dvc status` and `snakemake -n` see a whole pipeline), the quick profile
+    preparing `datasets`; `quick` adds keys to named experiments' quick profiles."""
+    if not (MIRROR / "README.md").exists():
+        pytest.fail(f"the offline data mirror {MIRROR} is missing; set HYPERMETA_DATA_MIRROR")
+    copy_project(root)
+    path = root / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    params["experiments"] = {name: params["experiments"][name] for name in experiments}
+    kept = set(experiments) | {entry.get("group") for entry in params["experiments"].values()}
+    params["references"] = {k: v for k, v in params["references"].items() if k in kept}
+    params["data"]["datasets"]["quick"] = datasets
+    for name, keys in (quick or {}).items():
+        params["experiments"][name]["profiles"]["quick"].update(keys)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    project = Project(root)
+    project.env.update(env or {})
+    project.init_repository(commit="the subset under test")
+    return project
 
 
 def digests(root: Path, paths: list[str]) -> dict[str, str]:

@@ -30,9 +30,8 @@ from typing import Any
 
 import pytest
 import torch
-import yaml
-from conftest import MIRROR, ROOT
-from scratch_project import Project, copy_project, digests, mlflow_server, snakemake_jobs
+from conftest import ROOT
+from scratch_project import Project, digests, mlflow_server, snakemake_jobs, subset_project
 
 from hypermeta.experiments import load_params, resolve
 
@@ -48,26 +47,12 @@ SLURM_RUN = ("snakemake", "--profile", "profiles/slurm",
 STAGE_RESOURCES = {"mem_mb": 2000, "runtime": 30, "threads": 1}
 
 
-def subset_project(root: Path, env: dict[str, str] | None = None) -> Project:
-    """A git + DVC copy of the project whose params.yaml holds the subset alone."""
-    if not (MIRROR / "README.md").exists():
-        pytest.fail(f"the offline data mirror {MIRROR} is missing; set HYPERMETA_DATA_MIRROR")
-    copy_project(root)
-    path = root / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    params["experiments"] = {name: params["experiments"][name] for name in SUBSET}
-    params["references"] = {k: v for k, v in params["references"].items() if k in SUBSET}
-    params["data"]["datasets"]["quick"] = ["mnist", "sine"]
+def cluster_subset(root: Path, env: dict[str, str] | None = None) -> Project:
+    """The subset's project; mnist stays among its data sets so that download and split
+    move real data, and metasgd_sine asks for resources of its own."""
     # the two ask for the same; a request of its own shows each job asks for its experiment's
-    params["experiments"]["metasgd_sine"]["profiles"]["quick"]["resources"] = {
-        "mem_mb": 3000,
-        "runtime": 12,
-    }
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-    project = Project(root)
-    project.env.update(env or {})
-    project.init_repository(commit="the subset under test")
-    return project
+    own_request = {"resources": {"mem_mb": 3000, "runtime": 12}}
+    return subset_project(root, SUBSET, ["mnist", "sine"], env, {"metasgd_sine": own_request})
 
 
 def timed(project: Project, *args: str, timeout: int = CLUSTER_TIMEOUT_S) -> tuple[str, float]:
@@ -107,7 +92,7 @@ def tracking_server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def on_cluster(cluster, tracking_server, tmp_path_factory) -> tuple[Project, str]:
     """The subset run through `snakemake --profile profiles/slurm`: the project, its output."""
-    project = subset_project(
+    project = cluster_subset(
         tmp_path_factory.mktemp("on-cluster"), {"MLFLOW_TRACKING_URI": tracking_server}
     )
     output, seconds = timed(project, *SLURM_RUN)
@@ -118,7 +103,7 @@ def on_cluster(cluster, tracking_server, tmp_path_factory) -> tuple[Project, str
 @pytest.fixture(scope="module")
 def local(tmp_path_factory) -> Project:
     """The same subset run by plain `snakemake` on this machine, logging nothing."""
-    project = subset_project(tmp_path_factory.mktemp("local"), {"HYPERMETA_TRACKING": "off"})
+    project = cluster_subset(tmp_path_factory.mktemp("local"), {"HYPERMETA_TRACKING": "off"})
     _, seconds = timed(project, "snakemake", "--cores", "2")
     print(f"subset locally: {seconds:.0f} s")
     return project

@@ -1,16 +1,14 @@
 """The whole quick pipeline with the real tools, in a temporary git + DVC copy of the
-project: Snakemake end to end, DVC and Snakemake agreeing, MLflow through a real server,
-`dvc repro` rerunning exactly what a parameter edit touches, a killed training resuming.
+project: both engines planning every stage, Snakemake end to end, DVC and Snakemake
+agreeing after it, MLflow through a real server. What an edit reruns, checkouts and a
+killed training are test_reruns.py's, on a subset whose pipeline is minutes, so that they
+run beside this file's quarter of an hour rather than after it.
 
 The tests share one copy and run in file order, each building on the last."""
 
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,34 +18,11 @@ import torch
 import yaml
 from browser import render
 from conftest import MIRROR
-from scratch_project import (
-    Project,
-    copy_project,
-    digests,
-    mlflow_server,
-    snakemake_jobs,
-)
+from scratch_project import Project, copy_project, mlflow_server, rules, snakemake_jobs
 
-from hypermeta.dag import Stage
 from hypermeta.experiments import load_params, resolve
 
 pytestmark = pytest.mark.integration
-
-
-def dvc_ran(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([^']+)'", output))
-
-
-def dvc_stale(project: Project) -> set[str]:
-    """The stages `dvc status` lists once `dvc repro sources` has refreshed what each
-    stage runs (before, a source edit shows only as `sources` changed)."""
-    project.run(sys.executable, "-m", "dvc", "repro", "sources")
-    output = project.run(sys.executable, "-m", "dvc", "status")
-    return set(re.findall(r"^(\S+):$", output, re.MULTILINE))
-
-
-def append_comment(path: Path) -> None:
-    path.write_text(path.read_text() + "# an edit that changes no behaviour\n")
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +34,6 @@ def project(tmp_path_factory) -> Project:
     project = Project(root)
     project.init_repository(commit="copy under test")
     return project
-
-
-def rules(stages: set[str]) -> set[str]:
-    return {Stage(name, "", [], [], []).rule_name for name in stages}
 
 
 def test_both_engines_plan_every_stage_from_scratch(project):
@@ -221,101 +192,3 @@ def test_runs_are_reviewable_through_a_real_mlflow_server(project):
             assert len(children[stage].data.tags["hypermeta.params_hash"]) == 12
         evaluate = children["hypercnn · evaluate"]
         assert 0.8 < evaluate.data.metrics["test_accuracy"] <= 1
-
-
-CHECKED_OUT = ["models/hypercnn", "metrics/hypercnn", "plots/hypercnn", "reports"]
-
-
-def test_dvc_repro_reruns_exactly_the_edited_experiment(project):
-    # the results before the edit, committed: the checkout test below brings them back
-    project.run("git", "add", "-A")
-    project.run("git", "commit", "-qm", "results, first")
-    project.first_results = digests(project.root, CHECKED_OUT)
-    project.edit_params("hypercnn", lr=0.002, max_train_examples=5000)  # short epochs
-    planned_by_snakemake = snakemake_jobs(project.run("snakemake", "-n", "--cores", "2"))
-    ran = dvc_ran(project.run(sys.executable, "-m", "dvc", "repro"))
-    # `sources` depends on the experiments (it readies their needs folders, hypermeta.dag)
-    # and reruns in a second; its fingerprints unchanged, it reruns nothing else. The
-    # Snakefile runs it as it builds its DAG, not as a job.
-    assert ran == {"sources", "train@hypercnn", "evaluate@hypercnn", "visualize@hypercnn", "report"}
-    assert planned_by_snakemake == rules(ran - {"sources"})
-    assert "Nothing to be done" in project.run("snakemake", "-n", "--cores", "2")
-
-
-def test_checking_out_an_earlier_commit_brings_back_all_its_results(project):
-    """The README's promise: `git checkout <commit> && dvc checkout` brings back any
-    earlier result: models, metrics, plots and the report, with `dvc status` clean. The
-    earlier commit is the one before the `dvc repro` test's edit."""
-    first = project.first_results
-    project.run("git", "add", "-A")
-    project.run("git", "commit", "-qm", "results, second")
-    second = digests(project.root, CHECKED_OUT)
-    changed = {path for path in first if first[path] != second.get(path)}
-    assert {"models/hypercnn/model.pt", "metrics/hypercnn/metrics.json"} <= changed
-    project.run("git", "checkout", "-q", "HEAD~1")
-    project.run(sys.executable, "-m", "dvc", "checkout")
-    assert digests(project.root, CHECKED_OUT) == first
-    assert "Data and pipelines are up to date" in project.run(sys.executable, "-m", "dvc", "status")
-    project.run("git", "checkout", "-q", "-")  # back to the branch, for the tests after
-    project.run(sys.executable, "-m", "dvc", "checkout")
-    assert digests(project.root, CHECKED_OUT) == second
-
-
-def test_killed_training_resumes_and_completes(project):
-    project.edit_params("cnn", epochs=4, max_train_examples=5000)  # short epochs
-    checkpoint = project.root / "models" / "cnn" / "checkpoint.pt"
-    training = subprocess.Popen(
-        [sys.executable, "pipeline/train.py", "cnn"], cwd=project.root, env=project.env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    expected = resolve(load_params(project.root / "params.yaml"), "cnn").params_hash
-    deadline = time.time() + 300
-    epoch = 0
-    while time.time() < deadline and training.poll() is None:
-        if checkpoint.exists():  # the previous run's checkpoint has another config hash
-            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-            epoch = state["epoch"] if state["config_hash"] == expected else 0
-            if epoch >= 2:
-                break
-        time.sleep(0.5)
-    os.killpg(training.pid, signal.SIGKILL)
-    training.wait()
-    assert 2 <= epoch < 4, f"training was not caught mid-way (epoch {epoch})"
-
-    output = project.run("snakemake", "--cores", "2")
-    assert re.search(r"cnn: resuming after epoch [23] of 4", output), output[-3000:]
-    history = json.loads((project.root / "models" / "cnn" / "history.json").read_text())
-    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
-    assert "Data and pipelines are up to date" in project.run(sys.executable, "-m", "dvc", "status")
-
-
-def test_editing_a_method_file_reruns_only_that_methods_experiments(project):
-    params = yaml.safe_load((project.root / "params.yaml").read_text())
-    experiments = params["experiments"]
-    # pretrain.py runs in pretrain's experiments alone (that an edit reaches every file
-    # importing it is test_sources's); leo_omniglot needs pretrain_omniglot's model
-    using = [name for name, entry in experiments.items() if entry["method"] == "pretrain"]
-    stages = ("train", "evaluate", "visualize")
-    expected = {f"{stage}@{name}" for stage in stages for name in using} | {"report"}
-    append_comment(project.root / "src" / "hypermeta" / "methods" / "pretrain.py")
-    assert dvc_stale(project) == expected
-    # and, their models retrained, what needs them (leo_omniglot needs pretrain_omniglot)
-    needing = {
-        (name, needed) for name, entry in experiments.items()
-        for needed in entry.get("needs", []) if needed in using
-    }  # fmt: skip
-    assert needing, "no experiment needs one that runs pretrain.py"
-    downstream = {f"needs@{name}+{needed}" for name, needed in needing}
-    downstream |= {f"{stage}@{name}" for stage in stages for name, _ in needing}
-    assert snakemake_jobs(project.run("snakemake", "-n", "--cores", "2")) == rules(
-        expected | downstream
-    )
-    assert dvc_ran(project.run(sys.executable, "-m", "dvc", "repro")) == expected | downstream
-    assert "Nothing to be done" in project.run("snakemake", "-n", "--cores", "2")
-
-
-def test_editing_the_report_reruns_only_the_report(project):
-    append_comment(project.root / "src" / "hypermeta" / "report.py")
-    assert dvc_stale(project) == {"report"}
-    assert snakemake_jobs(project.run("snakemake", "--cores", "2")) == {"report"}
-    assert "Data and pipelines are up to date" in project.run(sys.executable, "-m", "dvc", "status")

@@ -21,3 +21,17 @@ def mirror() -> Path:
     if not (MIRROR / "README.md").exists():
         pytest.fail(f"the offline data mirror {MIRROR} is missing; set HYPERMETA_DATA_MIRROR")
     return MIRROR
+
+
+# The files that take longest, first: `make test` hands whole files to two workers in
+# collection order (pytest-xdist --dist loadfile), so the quick pipeline (test_pipeline.py,
+# most of the run) starts at once on a worker of its own and the rest shares the other.
+LONGEST_FIRST = ("test_pipeline.py", "test_cluster.py", "test_reruns.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: each file's tests keep their order

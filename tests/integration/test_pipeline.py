@@ -113,6 +113,14 @@ def check_quick_results(root: Path) -> None:
     ):
         result = metrics(name)
         assert result["test_bpc"] < 0.8 * result["unigram_bpc"], (name, result)
+    for twin in ("protonet_omniglot_taskgen", "maml_omniglot_20way_taskgen"):
+        # its paired baseline, evaluated again on the same episodes, gives its own numbers
+        result = metrics(twin)
+        baseline = metrics(result["paired_with"])
+        paired = [key for key in result if key.endswith("_baseline")]
+        assert paired and result["paired_differs_in"] == "train.generated_tasks", (twin, result)
+        for key in paired:
+            assert result[key] == baseline[key.removesuffix("_baseline")], (twin, key)
     hnet, finetune = metrics("hnet_permuted"), metrics("finetune_permuted")
     # issue 5's quick targets: HNET keeps old tasks where fine-tuning forgets them
     assert hnet["cl1_average_accuracy"] >= finetune["cl1_average_accuracy"] + 0.15

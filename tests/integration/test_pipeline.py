@@ -144,8 +144,12 @@ def trained_models_load_back_from_their_runs(
     from hypermeta.engine import StageContext, get_engine
     from hypermeta.tracking import NullTracker
 
-    logged = MlflowClient(url).search_logged_models(experiment_ids=[experiment_id])
-    sources = {model.source_run_id for model in logged if model.name == "model"}
+    sources, token = set(), None
+    while True:  # one page holds 50 models, and there are more experiments than that
+        page = MlflowClient(url).search_logged_models([experiment_id], page_token=token)
+        sources |= {model.source_run_id for model in page if model.name == "model"}
+        if not (token := page.token):
+            break
     trains = {n: r for n, r in children.items() if r.data.tags["hypermeta.stage"] == "train"}
     assert len(trains) == len(load_params().experiments)
     assert {r.info.run_id for r in trains.values()} <= sources

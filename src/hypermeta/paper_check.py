@@ -3,9 +3,10 @@ the pipeline's own stages and keep each finished run as a record under `results/
 
 The runs happen in a workspace of their own, `.hypermeta/paper/` (git-ignored), so the
 project's quick outputs and DVC state stay as they are: a params.yaml holding the named
-experiments under the paper profile (`--set` overrides there; a run with any is
-recorded as partial), the code of the commit being run (a `git archive` snapshot: edits
-made while a run trains do not leak into its later stages), and the stages' outputs.
+experiments under the paper profile (`--set` overrides there; a run with any that
+changes the paper's scale or protocol is recorded as partial), the code of the commit
+being run (a `git archive` snapshot: edits made while a run trains do not leak into its
+later stages), and the stages' outputs.
 The stages log to the project's MLflow store under one parent run per invocation. A
 killed run resumes from its checkpoint when the same command is run again.
 """
@@ -38,6 +39,11 @@ from hypermeta.tracking import PARENT_ENV, URI_ENV, project_store_uri, start_pip
 WORKSPACE = Path(".hypermeta/paper")
 PROFILE = "paper"
 SECTIONS = ("model", "train", "eval", "resources")  # what --set may change
+# Overrides that leave the paper's protocol and scale as published, so a run with only
+# these is not partial: how many threads or how much memory a job asks for, and dropping
+# the support-set augmentation this project adds to the papers' evaluation (its
+# generative model is a GPU-sized experiment of its own).
+SCALE_NEUTRAL = ("resources.", "eval.augment")
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -63,6 +69,8 @@ def workspace_params(
     experiments = {}
     for name in names:
         entry = yaml.safe_load(yaml.safe_dump(raw["experiments"][name]))  # a deep copy
+        if "needs" in entry:
+            entry["needs"] = needs_after(entry, overrides)
         paper = entry.setdefault("profiles", {}).setdefault(PROFILE, {})
         for dotted, value in overrides.items():
             section, *path, last = dotted.split(".")
@@ -143,17 +151,18 @@ def published(exp: Experiment, params: Params, metrics: dict[str, Any]) -> list[
 
 def estimate(exp: Experiment, overrides: dict[str, Any], gpu: bool) -> str:
     minutes = exp.resources.runtime
+    if "resources.runtime" in overrides:  # the user's own estimate for this machine
+        return f"about {minutes} min (resources.runtime, as --set gives it)"
     if exp.resources.gpu and not gpu:
         if not overrides:
             raise HypermetaError(
                 f"{exp.name}'s paper profile is sized for a GPU (resources.gpu: "
                 f"{exp.resources.gpu}, about {minutes} min there) and this machine has none; "
                 "run part of it here with --set (e.g. --set train.iterations=N, recorded as "
-                "partial), or on a GPU."
+                "partial), all of it with --set resources.runtime=MINUTES (your estimate "
+                "for this machine), or on a GPU."
             )
         return f"sized for a GPU; here with {overrides}, no estimate"
-    if "resources.runtime" in overrides:
-        return f"about {minutes} min (resources.runtime, as --set gives it)"
     return f"about {minutes} min (resources.runtime of its paper profile)"
 
 
@@ -178,15 +187,38 @@ def paper_check(names: list[str], overrides: dict[str, Any]) -> list[Path]:
     workspace = root / WORKSPACE
     workspace.mkdir(parents=True, exist_ok=True)
     with workspace_lock(workspace):
-        return run_in_workspace(root, raw, with_needs(raw, names), overrides, workspace)
+        return run_in_workspace(root, raw, with_needs(raw, names, overrides), overrides, workspace)
 
 
-def with_needs(raw: dict[str, Any], names: list[str]) -> list[str]:
-    """`names` and the experiments they need (`needs:`), each after those it needs."""
+def is_partial(overrides: dict[str, Any]) -> bool:
+    return any(not key.startswith(SCALE_NEUTRAL) for key in overrides)
+
+
+def needs_after(entry: dict[str, Any], overrides: dict[str, Any]) -> list[str]:
+    """The `needs:` of an experiment once `overrides` apply: `--set eval.augment=null`
+    also drops a generative model that only its augmentation named."""
+    needs = list(entry.get("needs", []))
+    if "eval.augment" not in overrides or overrides["eval.augment"] is not None:
+        return needs
+    sections = [entry, *entry.get("profiles", {}).values()]
+    augmenting = {(s.get("eval") or {}).get("augment", {}).get("model") for s in sections}
+    rest = yaml.safe_load(yaml.safe_dump(entry))
+    for section in [rest, *rest.get("profiles", {}).values()]:
+        (section.get("eval") or {}).pop("augment", None)
+    rest.pop("needs", None)
+    still_named = yaml.safe_dump(rest)
+    return [n for n in needs if n not in augmenting or n in still_named]
+
+
+def with_needs(
+    raw: dict[str, Any], names: list[str], overrides: dict[str, Any] | None = None
+) -> list[str]:
+    """`names` and the experiments they need (`needs:`, as `overrides` leave them), each
+    after those it needs."""
     ordered: list[str] = []
 
     def add(name: str) -> None:
-        for needed in raw["experiments"][name].get("needs", []):
+        for needed in needs_after(raw["experiments"][name], overrides or {}):
             add(needed)
         if name not in ordered:
             ordered.append(name)
@@ -252,7 +284,7 @@ def run_in_workspace(
             experiment=exp.name,
             method=exp.method,
             dataset=exp.dataset,
-            partial=bool(overrides),
+            partial=is_partial(overrides),
             overrides=overrides,
             metrics=metrics,
             published=published(exp, params, metrics),
@@ -293,7 +325,8 @@ def setup(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="SECTION.KEY=VALUE",
-        help="override the paper profile (e.g. train.iterations=6000); recorded as partial",
+        help="override the paper profile (e.g. train.iterations=6000); recorded as partial "
+        "unless it only sets resources or drops eval.augment (--set eval.augment=null)",
     )
     parser.set_defaults(
         handler=lambda args: paper_check(args.experiments, parse_overrides(args.overrides))

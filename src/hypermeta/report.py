@@ -303,7 +303,8 @@ def paper_scale_rows(params: Params, records: dict[str, PaperRecord]) -> list[tu
     for record in _in_params_order(params, records):
         published = {comparison.metric: comparison for comparison in record.published}
         changed = ", ".join(f"{k}={v}" for k, v in record.overrides.items())
-        scale = ("partial: " + changed if changed else "partial") if record.partial else "full"
+        kind = "partial" if record.partial else "full"
+        scale = f"{kind}: {changed}" if changed else kind  # full: settings that keep the scale
         wall = format_duration(record.wall_seconds) + (" (resumed)" if record.resumed else "")
         shared = (
             scale,
@@ -389,8 +390,9 @@ def paper_scale_section(
             "From the records under `results/`, one per experiment run at its paper profile "
             "by `hypermeta paper-check`, kept in git with the commit of the code that ran. "
             "Ours with its 95% CI; difference = ours − published (in points for a "
-            "percentage); scale is full, or partial with the settings changed from the paper "
-            "profile; a resumed run's wall time is the part after its resume."
+            "percentage); scale is full, or partial, with the settings changed from the paper "
+            "profile (a full run's change none of its scale: threads, or no support-set "
+            "augmentation); a resumed run's wall time is the part after its resume."
         )
         blocks = [("p", intro), ("table", PAPER_SCALE_HEADER, paper_scale_rows(params, records))]
     else:

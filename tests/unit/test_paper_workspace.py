@@ -59,11 +59,12 @@ def test_the_workspace_holds_the_named_experiments_at_paper_scale_and_their_data
 def test_a_gpu_sized_paper_profile_is_refused_on_a_cpu_unless_cut():
     exp = resolve(load_params(ROOT / "params.yaml"), "protonet_omniglot", "paper")
     assert exp.resources.gpu > 0
-    with pytest.raises(HypermetaError, match="sized for a GPU.*--set"):
+    with pytest.raises(HypermetaError, match="sized for a GPU.*--set.*resources.runtime"):
         estimate(exp, {}, gpu=False)
     assert "no estimate" in estimate(exp, {"train.iterations": 60}, gpu=False)
     assert f"about {exp.resources.runtime} min" in estimate(exp, {}, gpu=True)
     assert "as --set gives it" in estimate(exp, {"resources.runtime": exp.resources.runtime}, True)
+    assert "as --set gives it" in estimate(exp, {"resources.runtime": 90}, gpu=False)  # its own
 
 
 def test_a_second_paper_check_in_the_same_project_is_refused_while_one_runs(tmp_path):
@@ -77,3 +78,24 @@ def test_a_second_paper_check_in_the_same_project_is_refused_while_one_runs(tmp_
     assert refused.returncode != 0 and "another paper-check is running" in refused.stderr
     done = subprocess.run([sys.executable, "-c", other], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr  # released when the first one ends
+
+
+def test_dropping_the_augmentation_drops_the_model_only_it_needed():
+    raw = load_raw(ROOT / "params.yaml")
+    off = {"eval.augment": None, "resources.threads": 2}
+    assert with_needs(raw, ["protonet_omniglot"], off) == ["protonet_omniglot"]
+    # the twin trains on the VAE's generated tasks too: that need stays
+    twin = with_needs(raw, ["protonet_omniglot_taskgen"], off)
+    assert "vae_omniglot" in twin and twin[-1] == "protonet_omniglot_taskgen"
+    params = workspace_params(raw, ["protonet_omniglot"], off, ROOT)
+    assert params["experiments"]["protonet_omniglot"]["needs"] == []
+    path = ROOT / "params.yaml"
+    exp = resolve(load_params(path), "protonet_omniglot", "paper")
+    assert exp.eval.augment is not None  # params.yaml itself unchanged
+
+
+def test_only_overrides_that_change_the_papers_scale_make_a_record_partial():
+    from hypermeta.paper_check import is_partial
+
+    assert not is_partial({"resources.threads": 2, "eval.augment": None})
+    assert is_partial({"resources.threads": 2, "train.iterations": 2000})

@@ -302,7 +302,9 @@ def paper_scale_rows(params: Params, records: dict[str, PaperRecord]) -> list[tu
     rows = []
     for record in _in_params_order(params, records):
         published = {comparison.metric: comparison for comparison in record.published}
-        changed = ", ".join(f"{k}={v}" for k, v in record.overrides.items())
+        changed = ", ".join(  # as --set takes them: null, not Python's None
+            f"{k}={'null' if v is None else v}" for k, v in record.overrides.items()
+        )
         kind = "partial" if record.partial else "full"
         scale = f"{kind}: {changed}" if changed else kind  # full: settings that keep the scale
         wall = format_duration(record.wall_seconds) + (" (resumed)" if record.resumed else "")

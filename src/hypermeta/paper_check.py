@@ -200,14 +200,24 @@ def needs_after(entry: dict[str, Any], overrides: dict[str, Any]) -> list[str]:
     needs = list(entry.get("needs", []))
     if "eval.augment" not in overrides or overrides["eval.augment"] is not None:
         return needs
-    sections = [entry, *entry.get("profiles", {}).values()]
-    augmenting = {(s.get("eval") or {}).get("augment", {}).get("model") for s in sections}
-    rest = yaml.safe_load(yaml.safe_dump(entry))
-    for section in [rest, *rest.get("profiles", {}).values()]:
-        (section.get("eval") or {}).pop("augment", None)
+    rest = yaml.safe_load(yaml.safe_dump(entry))  # the entry without its augmentation
     rest.pop("needs", None)
-    still_named = yaml.safe_dump(rest)
+    augmenting = set()
+    for section in [rest, *rest.get("profiles", {}).values()]:
+        augment = (section.get("eval") or {}).pop("augment", None) or {}
+        augmenting.add(augment.get("model"))
+    still_named = set(string_values(rest))
     return [n for n in needs if n not in augmenting or n in still_named]
+
+
+def string_values(data: Any) -> Iterator[str]:
+    if isinstance(data, dict):
+        data = list(data.values())
+    if isinstance(data, list):
+        for item in data:
+            yield from string_values(item)
+    elif isinstance(data, str):
+        yield data
 
 
 def with_needs(

@@ -393,7 +393,7 @@ def paper_scale_section(
             "by `hypermeta paper-check`, kept in git with the commit of the code that ran. "
             "Ours with its 95% CI; difference = ours − published (in points for a "
             "percentage); scale is full, or partial, with the settings changed from the paper "
-            "profile (a full run's change none of its scale: threads, or no support-set "
+            "profile (a full run's leave its scale as published: threads, or no support-set "
             "augmentation); a resumed run's wall time is the part after its resume."
         )
         blocks = [("p", intro), ("table", PAPER_SCALE_HEADER, paper_scale_rows(params, records))]
